@@ -1,0 +1,204 @@
+//! `forestsync check`: validates the configuration and tests every DC and the JumpCloud API key,
+//! printing one line per item (with the fix when it is broken).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use forestsync_actors::cloud::{CloudClient, CloudEndpoint};
+use forestsync_actors::directory::{self, DcEndpoint, DcSession, Timeouts};
+use forestsync_actors::trust;
+
+use crate::config::{Config, DomainConfig};
+
+/// The outcome of one checked item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Ok(String),
+    Fail(String),
+    /// Not tried because an earlier step for the same target failed.
+    Skipped(&'static str),
+}
+
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub scope: String,
+    pub target: String,
+    pub item: &'static str,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub lines: Vec<Line>,
+}
+
+impl Report {
+    fn push(&mut self, scope: &str, target: &str, item: &'static str, verdict: Verdict) {
+        self.lines.push(Line { scope: scope.into(), target: target.into(), item, verdict });
+    }
+
+    pub fn failed(&self) -> usize {
+        self.lines.iter().filter(|l| matches!(l.verdict, Verdict::Fail(_))).count()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for l in &self.lines {
+            let (tag, text) = match &l.verdict {
+                Verdict::Ok(t) => ("ok  ", t.as_str()),
+                Verdict::Fail(t) => ("FAIL", t.as_str()),
+                Verdict::Skipped(t) => ("skip", *t),
+            };
+            let _ = writeln!(out, "{tag}  {:<10} {:<28} {:<22} {text}", l.scope, l.target, l.item);
+        }
+        out
+    }
+}
+
+pub async fn run(config: &Config) -> Report {
+    let mut report = Report::default();
+    report.push(
+        "config",
+        &config.path.display().to_string(),
+        "parse and validate",
+        Verdict::Ok(format!("mode {}, {} domain(s)", config.mode, config.domains.len())),
+    );
+    for domain in &config.domains {
+        check_domain(domain, &mut report).await;
+    }
+    check_jumpcloud(config, &mut report).await;
+    report
+}
+
+async fn check_domain(domain: &DomainConfig, report: &mut Report) {
+    let tls = match trust::client_config(domain.ca_file.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            report.push(&domain.name, "ca_file", "load CA", Verdict::Fail(e.to_string()));
+            return;
+        }
+    };
+    let timeouts = Timeouts { connect: Duration::from_secs(3), operation: Duration::from_secs(5) };
+    for url in &domain.dcs {
+        let Ok(endpoint) = DcEndpoint::parse(url) else { continue };
+        let name = domain.name.as_str();
+        if let Err(e) = directory::tcp_reachable(&endpoint, timeouts.connect).await {
+            report.push(name, url, "tcp", Verdict::Fail(e.to_string()));
+            report.push(name, url, "tls", Verdict::Skipped("tcp failed"));
+            continue;
+        }
+        report.push(name, url, "tcp", Verdict::Ok(format!("{}:{} reachable", endpoint.host, endpoint.port)));
+
+        let mut session = match DcSession::connect(&endpoint, tls.clone(), timeouts).await {
+            Ok(s) => {
+                let how = if endpoint.starttls { "StartTLS" } else { "LDAPS" };
+                report.push(name, url, "tls", Verdict::Ok(format!("{how}, certificate verified")));
+                s
+            }
+            Err(e) => {
+                report.push(name, url, "tls", Verdict::Fail(e.to_string()));
+                report.push(name, url, "bind", Verdict::Skipped("tls failed"));
+                continue;
+            }
+        };
+        if let Err(e) = session.bind(&domain.bind_dn, &domain.bind_password).await {
+            report.push(name, url, "bind", Verdict::Fail(e.to_string()));
+            report.push(name, url, "rights", Verdict::Skipped("bind failed"));
+            continue;
+        }
+        report.push(name, url, "bind", Verdict::Ok(format!("as {}", domain.bind_dn)));
+
+        match session.root_dse().await {
+            Ok(dse) => {
+                let nc = dse.default_naming_context.unwrap_or_default();
+                if nc.eq_ignore_ascii_case(&domain.base_dn) {
+                    report.push(
+                        name,
+                        url,
+                        "rootDSE",
+                        Verdict::Ok(format!(
+                            "{} serves {nc}, highestCommittedUSN {}",
+                            dse.dns_host_name.unwrap_or_default(),
+                            dse.highest_committed_usn.map(|u| u.to_string()).unwrap_or_else(|| "?".into())
+                        )),
+                    );
+                } else {
+                    report.push(
+                        name,
+                        url,
+                        "rootDSE",
+                        Verdict::Fail(format!(
+                            "the DC serves {nc:?}, not base_dn {:?}; fix: list only this domain's DCs, or correct base_dn",
+                            domain.base_dn
+                        )),
+                    );
+                }
+            }
+            Err(e) => report.push(name, url, "rootDSE", Verdict::Fail(e.to_string())),
+        }
+
+        match session.probe_change_tracking_rights(&domain.base_dn).await {
+            Ok(()) => report.push(name, url, "change tracking", Verdict::Ok("DirSync allowed (Replicating Directory Changes)".into())),
+            Err(e) => report.push(name, url, "change tracking", Verdict::Fail(e.to_string())),
+        }
+
+        match session.read_entry(&domain.root_group_dn, &["objectClass", "groupType", "member"]).await {
+            Ok(Some(entry)) => {
+                let is_group = entry
+                    .attrs
+                    .get("objectClass")
+                    .is_some_and(|v| v.iter().any(|c| c.eq_ignore_ascii_case("group")));
+                if is_group {
+                    report.push(name, url, "root group", Verdict::Ok(format!("{} found", domain.root_group_dn)));
+                } else {
+                    report.push(name, url, "root group", Verdict::Fail(format!("{} exists but is not a group", domain.root_group_dn)));
+                }
+            }
+            Ok(None) => report.push(
+                name,
+                url,
+                "root group",
+                Verdict::Fail(format!(
+                    "{} not found; fix: create the ADI security group (e.g. CN=JumpCloud,OU=ADI,...) or correct root_group_dn",
+                    domain.root_group_dn
+                )),
+            ),
+            Err(e) => report.push(name, url, "root group", Verdict::Fail(e.to_string())),
+        }
+        session.unbind().await;
+    }
+}
+
+async fn check_jumpcloud(config: &Config, report: &mut Report) {
+    let jc = &config.jumpcloud;
+    let target = jc.base_url.as_str();
+    let tls = match trust::client_config(jc.ca_file.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            report.push("jumpcloud", target, "load CA", Verdict::Fail(e.to_string()));
+            return;
+        }
+    };
+    let endpoint = CloudEndpoint {
+        base_url: jc.base_url.clone(),
+        api_key: jc.api_key.clone(),
+        org_id: jc.org_id.clone(),
+        timeout: jc.timeout.min(Duration::from_secs(10)),
+    };
+    let client = match CloudClient::new(endpoint, tls) {
+        Ok(c) => c,
+        Err(e) => {
+            report.push("jumpcloud", target, "client", Verdict::Fail(e.to_string()));
+            return;
+        }
+    };
+    match client.probe_key().await {
+        Ok(probe) => report.push(
+            "jumpcloud",
+            target,
+            "tls + api key",
+            Verdict::Ok(format!("key accepted; the organisation has {} user(s)", probe.user_count)),
+        ),
+        Err(e) => report.push("jumpcloud", target, "tls + api key", Verdict::Fail(e.to_string())),
+    }
+}

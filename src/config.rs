@@ -1,0 +1,454 @@
+//! The configuration file: TOML, loaded, resolved (relative paths, secrets) and validated in one go.
+//!
+//! Every problem found is reported at once, each naming the key and the fix. Unknown keys are
+//! rejected, so a typo never silently falls back to a default.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use forestsync_actors::secret::Secret;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+/// Which side is the source of truth (the vendor document's three configurations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// AD → JumpCloud ("Manage users, groups, and passwords in AD").
+    AdAuthoritative,
+    /// Both ways ("Manage users and passwords in either system, or both").
+    TwoWay,
+    /// JumpCloud → AD, into a target OU ("Manage users, groups, and passwords in JumpCloud").
+    JumpcloudAuthoritative,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::AdAuthoritative => "ad-authoritative",
+            Mode::TwoWay => "two-way",
+            Mode::JumpcloudAuthoritative => "jumpcloud-authoritative",
+        })
+    }
+}
+
+/// Where the JumpCloud username comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+pub enum UsernameSource {
+    #[default]
+    #[serde(rename = "sAMAccountName")]
+    SamAccountName,
+    #[serde(rename = "userPrincipalName")]
+    UserPrincipalName,
+}
+
+/// What happens in JumpCloud when a user leaves the scope in AD (deleted, moved out, removed from the root group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaveScopeAction {
+    /// Delete the JumpCloud user (the vendor's default, `UserDissociationAction = remove`).
+    #[default]
+    Delete,
+    /// Suspend the JumpCloud user and keep it.
+    Suspend,
+    /// Keep the user, unbound from the AD instance (JumpCloud manages it from then on).
+    Unbind,
+}
+
+/// What happens when an AD user matches an existing JumpCloud user by username.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UsernameCollision {
+    /// Report the collision and leave the JumpCloud user alone.
+    #[default]
+    ReportAndSkip,
+    /// Bind the existing JumpCloud user to the AD user and manage it from then on.
+    TakeOver,
+}
+
+// ---- file shape (wire types: only serde sees these) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShape {
+    mode: Mode,
+    state_dir: Option<PathBuf>,
+    jumpcloud: JumpCloudShape,
+    #[serde(rename = "domain", default)]
+    domains: Vec<DomainShape>,
+    #[serde(default)]
+    safety: SafetyShape,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JumpCloudShape {
+    #[serde(default = "default_console")]
+    base_url: String,
+    api_key: Option<String>,
+    api_key_file: Option<PathBuf>,
+    api_key_env: Option<String>,
+    org_id: Option<String>,
+    ca_file: Option<PathBuf>,
+    #[serde(default = "default_rate")]
+    rate_limit_per_minute: u32,
+    #[serde(default = "default_burst")]
+    burst: u32,
+    #[serde(default = "default_timeout")]
+    timeout_seconds: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainShape {
+    name: String,
+    dcs: Vec<String>,
+    ca_file: Option<PathBuf>,
+    bind_dn: String,
+    bind_password: Option<String>,
+    bind_password_file: Option<PathBuf>,
+    bind_password_env: Option<String>,
+    base_dn: String,
+    root_group_dn: String,
+    #[serde(default)]
+    username_source: UsernameSource,
+    #[serde(default)]
+    on_leave_scope: LeaveScopeAction,
+    #[serde(default)]
+    username_collision: UsernameCollision,
+    #[serde(default)]
+    attributes: AttributeMap,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SafetyShape {
+    max_removals: Option<u32>,
+    max_removal_percent: Option<u32>,
+}
+
+fn default_console() -> String {
+    "https://console.jumpcloud.com".into()
+}
+fn default_rate() -> u32 {
+    600
+}
+fn default_burst() -> u32 {
+    20
+}
+fn default_timeout() -> u64 {
+    30
+}
+
+/// AD attribute → JumpCloud field mapping. The four required fields have the usual AD sources.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeMap {
+    #[serde(default = "AttributeMap::default_firstname")]
+    pub firstname: String,
+    #[serde(default = "AttributeMap::default_lastname")]
+    pub lastname: String,
+    #[serde(default = "AttributeMap::default_email")]
+    pub email: String,
+    /// Extra JumpCloud fields (e.g. `jobTitle = "title"`, `department = "department"`).
+    #[serde(default)]
+    pub extra: std::collections::BTreeMap<String, String>,
+}
+
+impl AttributeMap {
+    fn default_firstname() -> String {
+        "givenName".into()
+    }
+    fn default_lastname() -> String {
+        "sn".into()
+    }
+    fn default_email() -> String {
+        "mail".into()
+    }
+}
+
+impl Default for AttributeMap {
+    fn default() -> Self {
+        AttributeMap {
+            firstname: Self::default_firstname(),
+            lastname: Self::default_lastname(),
+            email: Self::default_email(),
+            extra: Default::default(),
+        }
+    }
+}
+
+// ---- resolved configuration (what the program uses) ----
+
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub mode: Mode,
+    pub state_dir: PathBuf,
+    pub jumpcloud: JumpCloudConfig,
+    pub domains: Vec<DomainConfig>,
+    pub safety: SafetyConfig,
+}
+
+#[derive(Debug)]
+pub struct JumpCloudConfig {
+    pub base_url: String,
+    pub api_key: Secret,
+    pub org_id: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub rate_limit_per_minute: u32,
+    pub burst: u32,
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug)]
+pub struct DomainConfig {
+    pub name: String,
+    /// In preference order: the first reachable one is used, the rest are failover targets.
+    pub dcs: Vec<String>,
+    pub ca_file: Option<PathBuf>,
+    pub bind_dn: String,
+    pub bind_password: Secret,
+    pub base_dn: String,
+    pub root_group_dn: String,
+    pub username_source: UsernameSource,
+    pub on_leave_scope: LeaveScopeAction,
+    pub username_collision: UsernameCollision,
+    pub attributes: AttributeMap,
+}
+
+#[derive(Debug)]
+pub struct SafetyConfig {
+    /// A batch that would delete or suspend more than this many objects stops until allowed.
+    pub max_removals: u32,
+    /// … or more than this share of the scope, whichever is lower.
+    pub max_removal_percent: u32,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let shape: FileShape =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut problems = Vec::new();
+        let relative = |p: PathBuf| if p.is_relative() { base_dir.join(p) } else { p };
+
+        let jc = shape.jumpcloud;
+        let api_key = resolve_secret(
+            "jumpcloud.api_key",
+            jc.api_key,
+            jc.api_key_file.map(&relative),
+            jc.api_key_env,
+            &mut problems,
+        );
+        match url::Url::parse(&jc.base_url) {
+            Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {}
+            _ => problems.push(format!(
+                "jumpcloud.base_url {:?} is not an https URL; fix: e.g. \"https://console.jumpcloud.com\" (EU: https://console.eu.jumpcloud.com)",
+                jc.base_url
+            )),
+        }
+        if let Some(org) = &jc.org_id {
+            if org.len() != 24 || !org.chars().all(|c| c.is_ascii_hexdigit()) {
+                problems.push(format!("jumpcloud.org_id {org:?} is not a 24-hex organisation id; fix: copy it from the Admin Portal or remove the key"));
+            }
+        }
+        if jc.rate_limit_per_minute == 0 || jc.burst == 0 {
+            problems.push("jumpcloud.rate_limit_per_minute and jumpcloud.burst must be at least 1".into());
+        }
+
+        if shape.domains.is_empty() {
+            problems.push("no [[domain]] section; fix: add one per AD domain (see config/ad-authoritative.toml)".into());
+        }
+        let mut domains = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, d) in shape.domains.into_iter().enumerate() {
+            let at = format!("domain[{i}] ({})", d.name);
+            if d.name.trim().is_empty() || !names.insert(d.name.to_lowercase()) {
+                problems.push(format!("{at}: name must be non-empty and unique"));
+            }
+            if d.dcs.is_empty() {
+                problems.push(format!("{at}: dcs is empty; fix: list the domain's DCs in preference order, e.g. [\"ldaps://dc1.example.com\"]"));
+            }
+            for dc in &d.dcs {
+                if let Err(e) = forestsync_actors::directory::DcEndpoint::parse(dc) {
+                    problems.push(format!("{at}: {e}"));
+                }
+            }
+            for (key, dn) in [("bind_dn", &d.bind_dn), ("base_dn", &d.base_dn), ("root_group_dn", &d.root_group_dn)] {
+                if !looks_like_dn(dn) {
+                    problems.push(format!("{at}: {key} {dn:?} is not a DN; fix: e.g. \"CN=JumpCloud,OU=ADI,DC=example,DC=com\""));
+                }
+            }
+            if looks_like_dn(&d.root_group_dn)
+                && looks_like_dn(&d.base_dn)
+                && !d.root_group_dn.to_lowercase().ends_with(&d.base_dn.to_lowercase())
+            {
+                problems.push(format!("{at}: root_group_dn {:?} is not under base_dn {:?}", d.root_group_dn, d.base_dn));
+            }
+            let bind_password = resolve_secret(
+                &format!("{at}.bind_password"),
+                d.bind_password,
+                d.bind_password_file.map(&relative),
+                d.bind_password_env,
+                &mut problems,
+            );
+            domains.push(DomainConfig {
+                name: d.name,
+                dcs: d.dcs,
+                ca_file: d.ca_file.map(&relative),
+                bind_dn: d.bind_dn,
+                bind_password,
+                base_dn: d.base_dn,
+                root_group_dn: d.root_group_dn,
+                username_source: d.username_source,
+                on_leave_scope: d.on_leave_scope,
+                username_collision: d.username_collision,
+                attributes: d.attributes,
+            });
+        }
+
+        let safety = SafetyConfig {
+            max_removals: shape.safety.max_removals.unwrap_or(500),
+            max_removal_percent: shape.safety.max_removal_percent.unwrap_or(20),
+        };
+        if safety.max_removal_percent > 100 {
+            problems.push("safety.max_removal_percent must be between 0 and 100".into());
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { path: path.into(), problems });
+        }
+        Ok(Config {
+            path: path.into(),
+            mode: shape.mode,
+            state_dir: shape.state_dir.map(&relative).unwrap_or_else(|| PathBuf::from("/var/lib/forestsync")),
+            jumpcloud: JumpCloudConfig {
+                base_url: jc.base_url,
+                api_key,
+                org_id: jc.org_id,
+                ca_file: jc.ca_file.map(&relative),
+                rate_limit_per_minute: jc.rate_limit_per_minute,
+                burst: jc.burst,
+                timeout: std::time::Duration::from_secs(jc.timeout_seconds.max(1)),
+            },
+            domains,
+            safety,
+        })
+    }
+}
+
+fn looks_like_dn(dn: &str) -> bool {
+    dn.split(',').all(|rdn| rdn.split_once('=').is_some_and(|(k, v)| !k.trim().is_empty() && !v.trim().is_empty()))
+}
+
+/// Exactly one of `literal`, `file`, `env` must be given. The value never appears in a message.
+fn resolve_secret(
+    key: &str,
+    literal: Option<String>,
+    file: Option<PathBuf>,
+    env: Option<String>,
+    problems: &mut Vec<String>,
+) -> Secret {
+    let given = literal.is_some() as u8 + file.is_some() as u8 + env.is_some() as u8;
+    if given != 1 {
+        problems.push(format!(
+            "{key}: give exactly one of {key}, {key}_file, {key}_env (found {given}); fix: prefer {key}_file pointing at a root-only file"
+        ));
+        return Secret::new("");
+    }
+    let value = if let Some(v) = literal {
+        v
+    } else if let Some(path) = file {
+        match std::fs::read_to_string(&path) {
+            Ok(v) => v.trim_end_matches(['\n', '\r']).to_owned(),
+            Err(e) => {
+                problems.push(format!("{key}_file {}: cannot read: {e}", path.display()));
+                return Secret::new("");
+            }
+        }
+    } else if let Some(var) = env {
+        match std::env::var(&var) {
+            Ok(v) => v,
+            Err(_) => {
+                problems.push(format!("{key}_env: environment variable {var} is not set"));
+                return Secret::new("");
+            }
+        }
+    } else {
+        unreachable!("exactly one source was checked above")
+    };
+    if value.is_empty() {
+        problems.push(format!("{key}: the value is empty"));
+    }
+    Secret::new(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+mode = "ad-authoritative"
+[jumpcloud]
+base_url = "https://127.0.0.1:8443"
+api_key = "k-123"
+[[domain]]
+name = "alpha"
+dcs = ["ldaps://127.0.0.2", "ldaps://127.0.0.12"]
+bind_dn = "CN=svc-forestsync,CN=Users,DC=alpha,DC=test"
+bind_password = "s3cret-Pw"
+base_dn = "DC=alpha,DC=test"
+root_group_dn = "CN=JumpCloud,OU=ADI,DC=alpha,DC=test"
+"#;
+
+    #[test]
+    fn a_minimal_file_loads_with_defaults() {
+        let c = Config::parse(Path::new("/etc/forestsync/c.toml"), GOOD).unwrap();
+        assert_eq!(c.mode, Mode::AdAuthoritative);
+        assert_eq!(c.domains[0].username_source, UsernameSource::SamAccountName);
+        assert_eq!(c.domains[0].on_leave_scope, LeaveScopeAction::Delete);
+        assert_eq!(c.domains[0].attributes.lastname, "sn");
+        assert_eq!((c.safety.max_removals, c.safety.max_removal_percent), (500, 20));
+        assert!(!format!("{c:?}").contains("s3cret-Pw"), "Debug output leaks the bind password");
+        assert!(!format!("{c:?}").contains("k-123"), "Debug output leaks the API key");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_all_reported_with_the_key() {
+        let typo = GOOD.replace("bind_dn =", "bind_dm =");
+        let e = Config::parse(Path::new("c.toml"), &typo).unwrap_err().to_string();
+        assert!(e.contains("bind_dm"), "{e}");
+
+        let bad = GOOD
+            .replace("ldaps://127.0.0.12", "http://127.0.0.12")
+            .replace("CN=JumpCloud,OU=ADI,DC=alpha,DC=test", "JumpCloud")
+            .replace("api_key = \"k-123\"", "api_key = \"k\"\napi_key_env = \"X\"");
+        let e = Config::parse(Path::new("c.toml"), &bad).unwrap_err().to_string();
+        assert!(e.contains("3 problem(s)"), "{e}");
+        assert!(e.contains("http://127.0.0.12"), "{e}");
+        assert!(e.contains("root_group_dn"), "{e}");
+        assert!(e.contains("jumpcloud.api_key"), "{e}");
+    }
+
+    #[test]
+    fn secrets_from_missing_files_name_the_file_not_the_value() {
+        let text = GOOD.replace("bind_password = \"s3cret-Pw\"", "bind_password_file = \"nope/pw\"");
+        let e = Config::parse(Path::new("/tmp/cfg/c.toml"), &text).unwrap_err().to_string();
+        assert!(e.contains("/tmp/cfg/nope/pw"), "relative paths resolve against the config file's folder: {e}");
+    }
+}

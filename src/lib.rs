@@ -1,0 +1,6 @@
+//! The forestsync program: configuration, the subcommands, telemetry set-up, wiring of the engine
+//! (`forestsync-actors`). The binary in `main.rs` is only argument parsing on top of this.
+
+pub mod check;
+pub mod config;
+pub mod telemetry;
