@@ -1,1 +1,188 @@
-fn main() {}
+//! forestsync's load driver. Each scenario prints one JSON line of figures.
+//!
+//! `forestsync-load emulator` measures the JumpCloud emulator's unthrottled throughput, so we know it
+//! is never the bottleneck of a sync benchmark. Build with `--release`; the emulator runs in-process
+//! and shares the machine's cores with the driver (stated in the output).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "forestsync-load",
+    about = "forestsync benchmarks; one JSON line of figures per scenario"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Throughput of the JumpCloud emulator (no rate limit, no faults).
+    Emulator {
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Users created before the read phase.
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+        /// Serve plain HTTP instead of HTTPS.
+        #[arg(long)]
+        http: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Emulator {
+            seconds,
+            concurrency,
+            users,
+            http,
+        } => emulator(seconds, concurrency, users, http).await,
+    }
+}
+
+const KEY: &str = "load-test-key";
+
+async fn emulator(seconds: u64, concurrency: usize, users: usize, http: bool) -> Result<()> {
+    let emu = jcemu::Emulator::start(jcemu::Config {
+        api_keys: vec![KEY.into()],
+        tls: !http,
+        ..jcemu::Config::default()
+    })
+    .await
+    .context("starting the emulator")?;
+    let mut builder = reqwest::Client::builder().pool_max_idle_per_host(concurrency);
+    if let Some(pem) = emu.ca_pem() {
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
+    }
+    let client = builder.build()?;
+    let base = emu.base_url();
+
+    // Phase 1: creates (POST /api/systemusers), `users` of them spread over the workers.
+    let next = Arc::new(AtomicU64::new(0));
+    let create = run_phase(concurrency, Duration::from_secs(seconds), {
+        let (client, base, next) = (client.clone(), base.clone(), next.clone());
+        move || {
+            let (client, base, next) = (client.clone(), base.clone(), next.clone());
+            async move {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= users as u64 {
+                    return Ok(false);
+                }
+                let body = json!({"username": format!("load{n}"), "email": format!("load{n}@example.test"), "firstname": "Load", "lastname": format!("User{n}")});
+                let r = client.post(format!("{base}/api/systemusers")).header("x-api-key", KEY).json(&body).send().await?;
+                anyhow::ensure!(r.status().is_success(), "create: {}", r.status());
+                Ok(true)
+            }
+        }
+    })
+    .await?;
+    print_figures("emulator-create-users", &create, concurrency, http);
+
+    // Phase 2: full pages of the user list (GET /api/systemusers?limit=100&skip=…&sort=_id), the agent's scan.
+    let pages = users.div_ceil(100).max(1) as u64;
+    let counter = Arc::new(AtomicU64::new(0));
+    let list = run_phase(concurrency, Duration::from_secs(seconds), {
+        let (client, base, counter) = (client.clone(), base.clone(), counter.clone());
+        move || {
+            let (client, base, counter) = (client.clone(), base.clone(), counter.clone());
+            async move {
+                let page = counter.fetch_add(1, Ordering::Relaxed) % pages;
+                let r = client
+                    .get(format!(
+                        "{base}/api/systemusers?limit=100&skip={}&sort=_id",
+                        page * 100
+                    ))
+                    .header("x-api-key", KEY)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().is_success(), "list: {}", r.status());
+                r.bytes().await?;
+                Ok(true)
+            }
+        }
+    })
+    .await?;
+    print_figures("emulator-list-100", &list, concurrency, http);
+    emu.shutdown().await;
+    Ok(())
+}
+
+struct Figures {
+    requests: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+/// Runs `op` on `concurrency` workers until `duration` passes or an op returns `Ok(false)` (work done).
+async fn run_phase<F, Fut>(concurrency: usize, duration: Duration, op: F) -> Result<Figures>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<bool>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let op = op.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while started.elapsed() < duration {
+                let t = Instant::now();
+                if !op().await? {
+                    break;
+                }
+                latencies.push(t.elapsed().as_micros() as u64);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    for w in workers {
+        latencies_us.extend(w.await??);
+    }
+    latencies_us.sort_unstable();
+    Ok(Figures {
+        requests: latencies_us.len() as u64,
+        elapsed: started.elapsed(),
+        latencies_us,
+    })
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+fn print_figures(scenario: &str, f: &Figures, concurrency: usize, http: bool) {
+    let line = json!({
+        "scenario": scenario,
+        "transport": if http { "http" } else { "https" },
+        "concurrency": concurrency,
+        "requests": f.requests,
+        "seconds": (f.elapsed.as_secs_f64() * 100.0).round() / 100.0,
+        "requests_per_second": (f.requests as f64 / f.elapsed.as_secs_f64()).round(),
+        "p50_ms": percentile(&f.latencies_us, 0.50),
+        "p99_ms": percentile(&f.latencies_us, 0.99),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "note": "driver and emulator share the machine's cores",
+    });
+    println!("{line}");
+}

@@ -1,1 +1,11 @@
-//! Integration tests.
+//! forestsync's integration tests: one binary, run against the lab's real Samba AD DCs
+//! (`deploy/lab/lab up`) and the JumpCloud emulator (`jcemu`, started in-process per test).
+//!
+//! Lab tests read the lab's `LAB_*` variables (from the environment, or from `lab-state/env.sh`).
+//! Without a lab they skip with a message, unless `FORESTSYNC_REQUIRE_LAB=1` (set by CI), where a
+//! missing lab is a failure.
+
+mod check_command;
+mod emulator;
+mod lab_dcs;
+mod support;

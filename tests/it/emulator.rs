@@ -1,0 +1,1 @@
+//! Driving the JumpCloud emulator as a client would (filled when jcemu lands).
