@@ -34,11 +34,19 @@ pub struct Report {
 
 impl Report {
     fn push(&mut self, scope: &str, target: &str, item: &'static str, verdict: Verdict) {
-        self.lines.push(Line { scope: scope.into(), target: target.into(), item, verdict });
+        self.lines.push(Line {
+            scope: scope.into(),
+            target: target.into(),
+            item,
+            verdict,
+        });
     }
 
     pub fn failed(&self) -> usize {
-        self.lines.iter().filter(|l| matches!(l.verdict, Verdict::Fail(_))).count()
+        self.lines
+            .iter()
+            .filter(|l| matches!(l.verdict, Verdict::Fail(_)))
+            .count()
     }
 
     pub fn render(&self) -> String {
@@ -49,7 +57,11 @@ impl Report {
                 Verdict::Fail(t) => ("FAIL", t.as_str()),
                 Verdict::Skipped(t) => ("skip", *t),
             };
-            let _ = writeln!(out, "{tag}  {:<10} {:<28} {:<22} {text}", l.scope, l.target, l.item);
+            let _ = writeln!(
+                out,
+                "{tag}  {:<10} {:<28} {:<22} {text}",
+                l.scope, l.target, l.item
+            );
         }
         out
     }
@@ -61,7 +73,11 @@ pub async fn run(config: &Config) -> Report {
         "config",
         &config.path.display().to_string(),
         "parse and validate",
-        Verdict::Ok(format!("mode {}, {} domain(s)", config.mode, config.domains.len())),
+        Verdict::Ok(format!(
+            "mode {}, {} domain(s)",
+            config.mode,
+            config.domains.len()
+        )),
     );
     for domain in &config.domains {
         check_domain(domain, &mut report).await;
@@ -74,25 +90,49 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
     let tls = match trust::client_config(domain.ca_file.as_deref()) {
         Ok(t) => t,
         Err(e) => {
-            report.push(&domain.name, "ca_file", "load CA", Verdict::Fail(e.to_string()));
+            report.push(
+                &domain.name,
+                "ca_file",
+                "load CA",
+                Verdict::Fail(e.to_string()),
+            );
             return;
         }
     };
-    let timeouts = Timeouts { connect: Duration::from_secs(3), operation: Duration::from_secs(5) };
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(3),
+        operation: Duration::from_secs(5),
+    };
     for url in &domain.dcs {
-        let Ok(endpoint) = DcEndpoint::parse(url) else { continue };
+        let Ok(endpoint) = DcEndpoint::parse(url) else {
+            continue;
+        };
         let name = domain.name.as_str();
         if let Err(e) = directory::tcp_reachable(&endpoint, timeouts.connect).await {
             report.push(name, url, "tcp", Verdict::Fail(e.to_string()));
             report.push(name, url, "tls", Verdict::Skipped("tcp failed"));
             continue;
         }
-        report.push(name, url, "tcp", Verdict::Ok(format!("{}:{} reachable", endpoint.host, endpoint.port)));
+        report.push(
+            name,
+            url,
+            "tcp",
+            Verdict::Ok(format!("{}:{} reachable", endpoint.host, endpoint.port)),
+        );
 
         let mut session = match DcSession::connect(&endpoint, tls.clone(), timeouts).await {
             Ok(s) => {
-                let how = if endpoint.starttls { "StartTLS" } else { "LDAPS" };
-                report.push(name, url, "tls", Verdict::Ok(format!("{how}, certificate verified")));
+                let how = if endpoint.starttls {
+                    "StartTLS"
+                } else {
+                    "LDAPS"
+                };
+                report.push(
+                    name,
+                    url,
+                    "tls",
+                    Verdict::Ok(format!("{how}, certificate verified")),
+                );
                 s
             }
             Err(e) => {
@@ -106,7 +146,12 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
             report.push(name, url, "rights", Verdict::Skipped("bind failed"));
             continue;
         }
-        report.push(name, url, "bind", Verdict::Ok(format!("as {}", domain.bind_dn)));
+        report.push(
+            name,
+            url,
+            "bind",
+            Verdict::Ok(format!("as {}", domain.bind_dn)),
+        );
 
         match session.root_dse().await {
             Ok(dse) => {
@@ -119,7 +164,9 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
                         Verdict::Ok(format!(
                             "{} serves {nc}, highestCommittedUSN {}",
                             dse.dns_host_name.unwrap_or_default(),
-                            dse.highest_committed_usn.map(|u| u.to_string()).unwrap_or_else(|| "?".into())
+                            dse.highest_committed_usn
+                                .map(|u| u.to_string())
+                                .unwrap_or_else(|| "?".into())
                         )),
                     );
                 } else {
@@ -138,7 +185,12 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
         }
 
         match session.probe_change_tracking_rights(&domain.base_dn).await {
-            Ok(()) => report.push(name, url, "change tracking", Verdict::Ok("DirSync allowed (Replicating Directory Changes)".into())),
+            Ok(()) => report.push(
+                name,
+                url,
+                "change tracking",
+                Verdict::Ok("DirSync allowed (Replicating Directory Changes)".into()),
+            ),
             Err(e) => report.push(name, url, "change tracking", Verdict::Fail(e.to_string())),
         }
 
@@ -197,8 +249,16 @@ async fn check_jumpcloud(config: &Config, report: &mut Report) {
             "jumpcloud",
             target,
             "tls + api key",
-            Verdict::Ok(format!("key accepted; the organisation has {} user(s)", probe.user_count)),
+            Verdict::Ok(format!(
+                "key accepted; the organisation has {} user(s)",
+                probe.user_count
+            )),
         ),
-        Err(e) => report.push("jumpcloud", target, "tls + api key", Verdict::Fail(e.to_string())),
+        Err(e) => report.push(
+            "jumpcloud",
+            target,
+            "tls + api key",
+            Verdict::Fail(e.to_string()),
+        ),
     }
 }

@@ -12,11 +12,17 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("config file {path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 /// Which side is the source of truth (the vendor document's three configurations).
@@ -236,13 +242,18 @@ pub struct SafetyConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let shape: FileShape =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+        let shape: FileShape = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut problems = Vec::new();
         let relative = |p: PathBuf| if p.is_relative() { base_dir.join(p) } else { p };
@@ -268,7 +279,9 @@ impl Config {
             }
         }
         if jc.rate_limit_per_minute == 0 || jc.burst == 0 {
-            problems.push("jumpcloud.rate_limit_per_minute and jumpcloud.burst must be at least 1".into());
+            problems.push(
+                "jumpcloud.rate_limit_per_minute and jumpcloud.burst must be at least 1".into(),
+            );
         }
 
         if shape.domains.is_empty() {
@@ -289,16 +302,26 @@ impl Config {
                     problems.push(format!("{at}: {e}"));
                 }
             }
-            for (key, dn) in [("bind_dn", &d.bind_dn), ("base_dn", &d.base_dn), ("root_group_dn", &d.root_group_dn)] {
+            for (key, dn) in [
+                ("bind_dn", &d.bind_dn),
+                ("base_dn", &d.base_dn),
+                ("root_group_dn", &d.root_group_dn),
+            ] {
                 if !looks_like_dn(dn) {
                     problems.push(format!("{at}: {key} {dn:?} is not a DN; fix: e.g. \"CN=JumpCloud,OU=ADI,DC=example,DC=com\""));
                 }
             }
             if looks_like_dn(&d.root_group_dn)
                 && looks_like_dn(&d.base_dn)
-                && !d.root_group_dn.to_lowercase().ends_with(&d.base_dn.to_lowercase())
+                && !d
+                    .root_group_dn
+                    .to_lowercase()
+                    .ends_with(&d.base_dn.to_lowercase())
             {
-                problems.push(format!("{at}: root_group_dn {:?} is not under base_dn {:?}", d.root_group_dn, d.base_dn));
+                problems.push(format!(
+                    "{at}: root_group_dn {:?} is not under base_dn {:?}",
+                    d.root_group_dn, d.base_dn
+                ));
             }
             let bind_password = resolve_secret(
                 &format!("{at}.bind_password"),
@@ -331,12 +354,18 @@ impl Config {
         }
 
         if !problems.is_empty() {
-            return Err(ConfigError::Invalid { path: path.into(), problems });
+            return Err(ConfigError::Invalid {
+                path: path.into(),
+                problems,
+            });
         }
         Ok(Config {
             path: path.into(),
             mode: shape.mode,
-            state_dir: shape.state_dir.map(&relative).unwrap_or_else(|| PathBuf::from("/var/lib/forestsync")),
+            state_dir: shape
+                .state_dir
+                .map(&relative)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/forestsync")),
             jumpcloud: JumpCloudConfig {
                 base_url: jc.base_url,
                 api_key,
@@ -353,7 +382,10 @@ impl Config {
 }
 
 fn looks_like_dn(dn: &str) -> bool {
-    dn.split(',').all(|rdn| rdn.split_once('=').is_some_and(|(k, v)| !k.trim().is_empty() && !v.trim().is_empty()))
+    dn.split(',').all(|rdn| {
+        rdn.split_once('=')
+            .is_some_and(|(k, v)| !k.trim().is_empty() && !v.trim().is_empty())
+    })
 }
 
 /// Exactly one of `literal`, `file`, `env` must be given. The value never appears in a message.
@@ -423,22 +455,38 @@ root_group_dn = "CN=JumpCloud,OU=ADI,DC=alpha,DC=test"
         assert_eq!(c.domains[0].username_source, UsernameSource::SamAccountName);
         assert_eq!(c.domains[0].on_leave_scope, LeaveScopeAction::Delete);
         assert_eq!(c.domains[0].attributes.lastname, "sn");
-        assert_eq!((c.safety.max_removals, c.safety.max_removal_percent), (500, 20));
-        assert!(!format!("{c:?}").contains("s3cret-Pw"), "Debug output leaks the bind password");
-        assert!(!format!("{c:?}").contains("k-123"), "Debug output leaks the API key");
+        assert_eq!(
+            (c.safety.max_removals, c.safety.max_removal_percent),
+            (500, 20)
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret-Pw"),
+            "Debug output leaks the bind password"
+        );
+        assert!(
+            !format!("{c:?}").contains("k-123"),
+            "Debug output leaks the API key"
+        );
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_all_reported_with_the_key() {
         let typo = GOOD.replace("bind_dn =", "bind_dm =");
-        let e = Config::parse(Path::new("c.toml"), &typo).unwrap_err().to_string();
+        let e = Config::parse(Path::new("c.toml"), &typo)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bind_dm"), "{e}");
 
         let bad = GOOD
             .replace("ldaps://127.0.0.12", "http://127.0.0.12")
             .replace("CN=JumpCloud,OU=ADI,DC=alpha,DC=test", "JumpCloud")
-            .replace("api_key = \"k-123\"", "api_key = \"k\"\napi_key_env = \"X\"");
-        let e = Config::parse(Path::new("c.toml"), &bad).unwrap_err().to_string();
+            .replace(
+                "api_key = \"k-123\"",
+                "api_key = \"k\"\napi_key_env = \"X\"",
+            );
+        let e = Config::parse(Path::new("c.toml"), &bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("3 problem(s)"), "{e}");
         assert!(e.contains("http://127.0.0.12"), "{e}");
         assert!(e.contains("root_group_dn"), "{e}");
@@ -447,8 +495,49 @@ root_group_dn = "CN=JumpCloud,OU=ADI,DC=alpha,DC=test"
 
     #[test]
     fn secrets_from_missing_files_name_the_file_not_the_value() {
-        let text = GOOD.replace("bind_password = \"s3cret-Pw\"", "bind_password_file = \"nope/pw\"");
-        let e = Config::parse(Path::new("/tmp/cfg/c.toml"), &text).unwrap_err().to_string();
-        assert!(e.contains("/tmp/cfg/nope/pw"), "relative paths resolve against the config file's folder: {e}");
+        let text = GOOD.replace(
+            "bind_password = \"s3cret-Pw\"",
+            "bind_password_file = \"nope/pw\"",
+        );
+        let e = Config::parse(Path::new("/tmp/cfg/c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/tmp/cfg/nope/pw"),
+            "relative paths resolve against the config file's folder: {e}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The commented examples under config/ stay loadable: only the secret files are missing.
+    #[test]
+    fn example_configs_parse_and_fail_only_on_missing_secret_files() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            seen += 1;
+            match Config::load(&path) {
+                Ok(_) => {}
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    for p in &problems {
+                        assert!(
+                            p.contains("_file") && p.contains("cannot read"),
+                            "{}: {p}",
+                            path.display()
+                        );
+                    }
+                }
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+        }
+        assert!(seen >= 1, "no example configs under {}", dir.display());
     }
 }

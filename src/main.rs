@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "forestsync", version, about = "Keeps Active Directory forests and a JumpCloud organisation in agreement")]
+#[command(
+    name = "forestsync",
+    version,
+    about = "Keeps Active Directory forests and a JumpCloud organisation in agreement"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,7 +58,10 @@ struct ConfigArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("forestsync: cannot start the async runtime: {e}");
@@ -63,7 +70,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(arg) => runtime.block_on(check_command(arg)),
-        Command::Run(_) | Command::Plan { .. } | Command::Status(_) | Command::Seal(_) => not_yet("issue #3"),
+        Command::Run(_) | Command::Plan { .. } | Command::Status(_) | Command::Seal(_) => {
+            not_yet("issue #3")
+        }
         Command::CapturePassword => not_yet("issue #3"),
         Command::Register { .. } => not_yet("a later issue"),
     }

@@ -15,7 +15,10 @@ use crate::disposition::{Classified, Disposition};
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     #[error("cannot read CA file {path}: {source}; fix: point ca_file at a readable PEM file")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CA file {path} holds no PEM certificate; fix: use the CA certificate in PEM form (-----BEGIN CERTIFICATE-----)")]
     Empty { path: PathBuf },
     #[error("CA file {path} has a certificate rustls cannot use: {detail}")]
@@ -36,15 +39,22 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TrustE
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|source| TrustError::Read { path: path.into(), source })?;
-            let certs = parse_pem_certificates(&pem).map_err(|detail| TrustError::Invalid { path: path.into(), detail })?;
+            let pem = std::fs::read(path).map_err(|source| TrustError::Read {
+                path: path.into(),
+                source,
+            })?;
+            let certs = parse_pem_certificates(&pem).map_err(|detail| TrustError::Invalid {
+                path: path.into(),
+                detail,
+            })?;
             if certs.is_empty() {
                 return Err(TrustError::Empty { path: path.into() });
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| TrustError::Invalid { path: path.into(), detail: e.to_string() })?;
+                roots.add(cert).map_err(|e| TrustError::Invalid {
+                    path: path.into(),
+                    detail: e.to_string(),
+                })?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -60,7 +70,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TrustE
 
 fn parse_pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let mut reader = pem;
-    rustls_pemfile::certs(&mut reader).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+    rustls_pemfile::certs(&mut reader)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -70,7 +82,10 @@ mod tests {
     #[test]
     fn missing_and_empty_ca_files_are_named_in_the_error() {
         let missing = client_config(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
-        assert!(missing.to_string().contains("/nonexistent/ca.pem"), "{missing}");
+        assert!(
+            missing.to_string().contains("/nonexistent/ca.pem"),
+            "{missing}"
+        );
 
         let dir = std::env::temp_dir().join(format!("forestsync-trust-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -20,16 +20,29 @@ pub enum CloudError {
     Unreachable { url: String, detail: String },
     #[error("{url}: no answer in time")]
     Timeout { url: String },
-    #[error("{url}: 401 Unauthenticated; fix: check the API key (a reset key invalidates the old one)")]
+    #[error(
+        "{url}: 401 Unauthenticated; fix: check the API key (a reset key invalidates the old one)"
+    )]
     Unauthenticated { url: String },
     #[error("{url}: 403 {message}; fix: check the key's admin role and x-org-id, or wait if the source IP was blocked for traffic")]
     Forbidden { url: String, message: String },
     #[error("{url}: 429 Too Many Requests")]
-    Throttled { url: String, retry_after: Option<Duration> },
+    Throttled {
+        url: String,
+        retry_after: Option<Duration>,
+    },
     #[error("{url}: server error {status}: {message}")]
-    Server { url: String, status: u16, message: String },
+    Server {
+        url: String,
+        status: u16,
+        message: String,
+    },
     #[error("{url}: rejected with {status}: {message}")]
-    Rejected { url: String, status: u16, message: String },
+    Rejected {
+        url: String,
+        status: u16,
+        message: String,
+    },
     #[error("{url}: unexpected response: {detail}")]
     BadResponse { url: String, detail: String },
 }
@@ -44,8 +57,12 @@ impl Classified for CloudError {
             | CloudError::Tls { .. }
             | CloudError::Unauthenticated { .. }
             | CloudError::Forbidden { .. } => Disposition::Fatal,
-            CloudError::Unreachable { .. } | CloudError::Timeout { .. } | CloudError::Server { .. } => Disposition::Retry,
-            CloudError::Throttled { retry_after, .. } => Disposition::Throttled { retry_after: *retry_after },
+            CloudError::Unreachable { .. }
+            | CloudError::Timeout { .. }
+            | CloudError::Server { .. } => Disposition::Retry,
+            CloudError::Throttled { retry_after, .. } => Disposition::Throttled {
+                retry_after: *retry_after,
+            },
             CloudError::Rejected { .. } | CloudError::BadResponse { .. } => Disposition::BadInput,
         }
     }
@@ -54,17 +71,31 @@ impl Classified for CloudError {
 impl CloudError {
     pub(super) fn from_transport(url: &str, e: reqwest::Error) -> Self {
         if e.is_timeout() {
-            return CloudError::Timeout { url: url.to_owned() };
+            return CloudError::Timeout {
+                url: url.to_owned(),
+            };
         }
         let chain = error_chain(&e);
-        if chain.contains("certificate") || chain.contains("InvalidCertificate") || chain.contains("UnknownIssuer") {
-            return CloudError::Tls { url: url.to_owned(), detail: chain };
+        if chain.contains("certificate")
+            || chain.contains("InvalidCertificate")
+            || chain.contains("UnknownIssuer")
+        {
+            return CloudError::Tls {
+                url: url.to_owned(),
+                detail: chain,
+            };
         }
-        CloudError::Unreachable { url: url.to_owned(), detail: chain }
+        CloudError::Unreachable {
+            url: url.to_owned(),
+            detail: chain,
+        }
     }
 
     /// Passes a 2xx response through; turns anything else into the matching error.
-    pub(super) async fn check_status(url: &str, response: reqwest::Response) -> Result<reqwest::Response, CloudError> {
+    pub(super) async fn check_status(
+        url: &str,
+        response: reqwest::Response,
+    ) -> Result<reqwest::Response, CloudError> {
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(response);
@@ -81,8 +112,16 @@ impl CloudError {
             401 => CloudError::Unauthenticated { url },
             403 => CloudError::Forbidden { url, message },
             429 => CloudError::Throttled { url, retry_after },
-            500..=599 => CloudError::Server { url, status, message },
-            _ => CloudError::Rejected { url, status, message },
+            500..=599 => CloudError::Server {
+                url,
+                status,
+                message,
+            },
+            _ => CloudError::Rejected {
+                url,
+                status,
+                message,
+            },
         })
     }
 }
@@ -119,16 +158,41 @@ mod tests {
     fn retry_after_and_error_bodies_are_read_leniently() {
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert_eq!(error_message(r#"{"code":400,"message":"User already exists","status":"Bad Request"}"#), "User already exists");
+        assert_eq!(
+            error_message(r#"{"code":400,"message":"User already exists","status":"Bad Request"}"#),
+            "User already exists"
+        );
         assert_eq!(error_message(""), "");
-        assert_eq!(error_message("<html>bad gateway</html>"), "<html>bad gateway</html>");
+        assert_eq!(
+            error_message("<html>bad gateway</html>"),
+            "<html>bad gateway</html>"
+        );
     }
 
     #[test]
     fn statuses_are_classified() {
-        let t = CloudError::Throttled { url: "u".into(), retry_after: Some(Duration::from_secs(3)) };
-        assert_eq!(t.disposition(), Disposition::Throttled { retry_after: Some(Duration::from_secs(3)) });
-        assert_eq!(CloudError::Unauthenticated { url: "u".into() }.disposition(), Disposition::Fatal);
-        assert_eq!(CloudError::Server { url: "u".into(), status: 502, message: String::new() }.disposition(), Disposition::Retry);
+        let t = CloudError::Throttled {
+            url: "u".into(),
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        assert_eq!(
+            t.disposition(),
+            Disposition::Throttled {
+                retry_after: Some(Duration::from_secs(3))
+            }
+        );
+        assert_eq!(
+            CloudError::Unauthenticated { url: "u".into() }.disposition(),
+            Disposition::Fatal
+        );
+        assert_eq!(
+            CloudError::Server {
+                url: "u".into(),
+                status: 502,
+                message: String::new()
+            }
+            .disposition(),
+            Disposition::Retry
+        );
     }
 }

@@ -49,19 +49,27 @@ struct SystemUsersPage {
 
 impl CloudClient {
     pub fn new(endpoint: CloudEndpoint, tls: Arc<ClientConfig>) -> Result<Self, CloudError> {
-        let base = url::Url::parse(&endpoint.base_url)
-            .map_err(|e| CloudError::BadBaseUrl { url: endpoint.base_url.clone(), reason: e.to_string() })?;
+        let base = url::Url::parse(&endpoint.base_url).map_err(|e| CloudError::BadBaseUrl {
+            url: endpoint.base_url.clone(),
+            reason: e.to_string(),
+        })?;
         if base.scheme() != "https" && base.scheme() != "http" {
-            return Err(CloudError::BadBaseUrl { url: endpoint.base_url.clone(), reason: "scheme must be https".into() });
+            return Err(CloudError::BadBaseUrl {
+                url: endpoint.base_url.clone(),
+                reason: "scheme must be https".into(),
+            });
         }
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let mut key = HeaderValue::from_str(endpoint.api_key.expose()).map_err(|_| CloudError::BadApiKey)?;
+        let mut key =
+            HeaderValue::from_str(endpoint.api_key.expose()).map_err(|_| CloudError::BadApiKey)?;
         key.set_sensitive(true);
         headers.insert("x-api-key", key);
         if let Some(org) = &endpoint.org_id {
-            let org = HeaderValue::from_str(org).map_err(|_| CloudError::BadOrgId { org_id: org.clone() })?;
+            let org = HeaderValue::from_str(org).map_err(|_| CloudError::BadOrgId {
+                org_id: org.clone(),
+            })?;
             headers.insert("x-org-id", org);
         }
         let http = reqwest::Client::builder()
@@ -72,7 +80,10 @@ impl CloudClient {
             .user_agent(concat!("forestsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| CloudError::Client(e.to_string()))?;
-        Ok(CloudClient { http, endpoint: Arc::new(endpoint) })
+        Ok(CloudClient {
+            http,
+            endpoint: Arc::new(endpoint),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -82,10 +93,19 @@ impl CloudClient {
     /// Proves TLS, the API key and the org id with the cheapest read there is.
     pub async fn probe_key(&self) -> Result<KeyProbe, CloudError> {
         let url = self.url("/api/systemusers?limit=1&fields=_id");
-        let response = self.http.get(&url).send().await.map_err(|e| CloudError::from_transport(&url, e))?;
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| CloudError::from_transport(&url, e))?;
         let response = CloudError::check_status(&url, response).await?;
-        let page: SystemUsersPage =
-            response.json().await.map_err(|e| CloudError::BadResponse { url, detail: e.to_string() })?;
-        Ok(KeyProbe { user_count: page.total_count.unwrap_or(0) })
+        let page: SystemUsersPage = response.json().await.map_err(|e| CloudError::BadResponse {
+            url,
+            detail: e.to_string(),
+        })?;
+        Ok(KeyProbe {
+            user_count: page.total_count.unwrap_or(0),
+        })
     }
 }

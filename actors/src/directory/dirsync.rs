@@ -3,7 +3,9 @@
 //! instead.
 
 use bytes::BytesMut;
-use ldap3::asn1::{parse_tag, write, ASNTag, Integer, OctetString, Sequence, Tag, TagClass, Types, PL};
+use ldap3::asn1::{
+    parse_tag, write, ASNTag, Integer, OctetString, Sequence, Tag, TagClass, Types, PL,
+};
 use ldap3::controls::RawControl;
 
 pub const DIRSYNC_OID: &str = "1.2.840.113556.1.4.841";
@@ -26,9 +28,18 @@ impl DirSyncRequest {
         // so pass it sign-extended (a 5-byte encoding makes AD answer unavailableCriticalExtension).
         let value = Tag::Sequence(Sequence {
             inner: vec![
-                Tag::Integer(Integer { inner: self.flags as i32 as i64, ..Default::default() }),
-                Tag::Integer(Integer { inner: self.max_bytes as i64, ..Default::default() }),
-                Tag::OctetString(OctetString { inner: self.cookie.clone(), ..Default::default() }),
+                Tag::Integer(Integer {
+                    inner: self.flags as i32 as i64,
+                    ..Default::default()
+                }),
+                Tag::Integer(Integer {
+                    inner: self.max_bytes as i64,
+                    ..Default::default()
+                }),
+                Tag::OctetString(OctetString {
+                    inner: self.cookie.clone(),
+                    ..Default::default()
+                }),
             ],
             ..Default::default()
         })
@@ -36,7 +47,11 @@ impl DirSyncRequest {
         let mut buf = BytesMut::with_capacity(self.cookie.len() + 24);
         // Encoding into a growable buffer cannot fail.
         let _ = write::encode_into(&mut buf, value);
-        RawControl { ctype: DIRSYNC_OID.to_owned(), crit: true, val: Some(buf.to_vec()) }
+        RawControl {
+            ctype: DIRSYNC_OID.to_owned(),
+            crit: true,
+            val: Some(buf.to_vec()),
+        }
     }
 }
 
@@ -57,8 +72,12 @@ impl DirSyncResponse {
         if tag.class != TagClass::Universal || tag.id != Types::Sequence as u64 {
             return None;
         }
-        let PL::C(items) = tag.payload else { return None };
-        let [more, _unused, cookie] = items.as_slice() else { return None };
+        let PL::C(items) = tag.payload else {
+            return None;
+        };
+        let [more, _unused, cookie] = items.as_slice() else {
+            return None;
+        };
         let more_results = match &more.payload {
             PL::P(b) if more.id == Types::Integer as u64 => b.iter().any(|x| *x != 0),
             _ => return None,
@@ -67,7 +86,10 @@ impl DirSyncResponse {
             PL::P(b) if cookie.id == Types::OctetString as u64 => b.clone(),
             _ => return None,
         };
-        Some(DirSyncResponse { more_results, cookie })
+        Some(DirSyncResponse {
+            more_results,
+            cookie,
+        })
     }
 }
 
@@ -77,10 +99,18 @@ mod tests {
 
     #[test]
     fn incremental_values_flag_encodes_as_four_byte_integer() {
-        let ctrl = DirSyncRequest { flags: INCREMENTAL_VALUES, max_bytes: 0, cookie: vec![] }.to_control();
+        let ctrl = DirSyncRequest {
+            flags: INCREMENTAL_VALUES,
+            max_bytes: 0,
+            cookie: vec![],
+        }
+        .to_control();
         let val = ctrl.val.unwrap();
         // 30 LL | 02 04 80 00 00 00 | 02 01 00 | 04 00
-        assert_eq!(val, vec![0x30, 0x0b, 0x02, 0x04, 0x80, 0x00, 0x00, 0x00, 0x02, 0x01, 0x00, 0x04, 0x00]);
+        assert_eq!(
+            val,
+            vec![0x30, 0x0b, 0x02, 0x04, 0x80, 0x00, 0x00, 0x00, 0x02, 0x01, 0x00, 0x04, 0x00]
+        );
         assert!(ctrl.crit);
     }
 
@@ -89,14 +119,29 @@ mod tests {
         let good = RawControl {
             ctype: DIRSYNC_OID.into(),
             crit: false,
-            val: Some(vec![0x30, 0x0b, 0x02, 0x01, 0x01, 0x02, 0x01, 0x00, 0x04, 0x03, 0xaa, 0xbb, 0xcc]),
+            val: Some(vec![
+                0x30, 0x0b, 0x02, 0x01, 0x01, 0x02, 0x01, 0x00, 0x04, 0x03, 0xaa, 0xbb, 0xcc,
+            ]),
         };
         assert_eq!(
             DirSyncResponse::from_control(&good),
-            Some(DirSyncResponse { more_results: true, cookie: vec![0xaa, 0xbb, 0xcc] })
+            Some(DirSyncResponse {
+                more_results: true,
+                cookie: vec![0xaa, 0xbb, 0xcc]
+            })
         );
-        for bad in [vec![], vec![0x30], vec![0x30, 0x03, 0x02, 0x01, 0x01], vec![0x04, 0x00], vec![0x30, 0x80, 0xff]] {
-            let ctrl = RawControl { ctype: DIRSYNC_OID.into(), crit: false, val: Some(bad) };
+        for bad in [
+            vec![],
+            vec![0x30],
+            vec![0x30, 0x03, 0x02, 0x01, 0x01],
+            vec![0x04, 0x00],
+            vec![0x30, 0x80, 0xff],
+        ] {
+            let ctrl = RawControl {
+                ctype: DIRSYNC_OID.into(),
+                crit: false,
+                val: Some(bad),
+            };
             assert_eq!(DirSyncResponse::from_control(&ctrl), None);
         }
     }

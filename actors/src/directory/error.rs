@@ -11,15 +11,34 @@ pub enum DirectoryError {
     #[error("{url}: cannot connect: {detail}; fix: check that the DC runs, the address and port, and any firewall")]
     Unreachable { url: String, detail: String },
     #[error("{url}: {operation} got no answer in time (DC down or hung)")]
-    Timeout { url: String, operation: &'static str },
+    Timeout {
+        url: String,
+        operation: &'static str,
+    },
     #[error("{url}: TLS certificate not trusted: {detail}; fix: set ca_file to the CA that issued the DC's certificate, and make sure the certificate names the host in the URL (subjectAltName)")]
     Tls { url: String, detail: String },
     #[error("{url}: bind as {dn} rejected: {reason}")]
-    BindRejected { url: String, dn: String, reason: String },
+    BindRejected {
+        url: String,
+        dn: String,
+        reason: String,
+    },
     #[error("{url}: {operation} on {target} refused with LDAP result {rc} ({name}): {text}{hint}")]
-    Refused { url: String, operation: &'static str, target: String, rc: u32, name: &'static str, text: String, hint: &'static str },
+    Refused {
+        url: String,
+        operation: &'static str,
+        target: String,
+        rc: u32,
+        name: &'static str,
+        text: String,
+        hint: &'static str,
+    },
     #[error("{url}: connection lost during {operation}: {detail}")]
-    ConnectionLost { url: String, operation: &'static str, detail: String },
+    ConnectionLost {
+        url: String,
+        operation: &'static str,
+        detail: String,
+    },
     #[error("{url}: unexpected LDAP data: {detail}")]
     Malformed { url: String, detail: String },
 }
@@ -27,10 +46,12 @@ pub enum DirectoryError {
 impl Classified for DirectoryError {
     fn disposition(&self) -> Disposition {
         match self {
-            DirectoryError::BadUrl { .. } | DirectoryError::Malformed { .. } => Disposition::BadInput,
-            DirectoryError::Unreachable { .. } | DirectoryError::Timeout { .. } | DirectoryError::ConnectionLost { .. } => {
-                Disposition::FailOver
+            DirectoryError::BadUrl { .. } | DirectoryError::Malformed { .. } => {
+                Disposition::BadInput
             }
+            DirectoryError::Unreachable { .. }
+            | DirectoryError::Timeout { .. }
+            | DirectoryError::ConnectionLost { .. } => Disposition::FailOver,
             DirectoryError::Tls { .. } | DirectoryError::BindRejected { .. } => Disposition::Fatal,
             DirectoryError::Refused { rc, .. } => match rc {
                 // busy, unavailable, other (DC-side trouble): another DC may serve us
@@ -47,40 +68,84 @@ impl Classified for DirectoryError {
 impl DirectoryError {
     pub(super) fn from_connect(url: &str, e: LdapError) -> Self {
         match e {
-            LdapError::Timeout { .. } => DirectoryError::Timeout { url: url.to_owned(), operation: "connect and TLS handshake" },
+            LdapError::Timeout { .. } => DirectoryError::Timeout {
+                url: url.to_owned(),
+                operation: "connect and TLS handshake",
+            },
             LdapError::Io { source } => {
-                if let Some(tls) = source.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                    return DirectoryError::Tls { url: url.to_owned(), detail: tls.to_string() };
+                if let Some(tls) = source
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                {
+                    return DirectoryError::Tls {
+                        url: url.to_owned(),
+                        detail: tls.to_string(),
+                    };
                 }
                 match source.kind() {
-                    std::io::ErrorKind::TimedOut => {
-                        DirectoryError::Timeout { url: url.to_owned(), operation: "connect and TLS handshake" }
-                    }
-                    std::io::ErrorKind::InvalidData => DirectoryError::Tls { url: url.to_owned(), detail: source.to_string() },
-                    _ => DirectoryError::Unreachable { url: url.to_owned(), detail: source.to_string() },
+                    std::io::ErrorKind::TimedOut => DirectoryError::Timeout {
+                        url: url.to_owned(),
+                        operation: "connect and TLS handshake",
+                    },
+                    std::io::ErrorKind::InvalidData => DirectoryError::Tls {
+                        url: url.to_owned(),
+                        detail: source.to_string(),
+                    },
+                    _ => DirectoryError::Unreachable {
+                        url: url.to_owned(),
+                        detail: source.to_string(),
+                    },
                 }
             }
-            LdapError::Rustls { source } => DirectoryError::Tls { url: url.to_owned(), detail: source.to_string() },
-            LdapError::DNSName { source } => DirectoryError::BadUrl { url: url.to_owned(), reason: source.to_string() },
+            LdapError::Rustls { source } => DirectoryError::Tls {
+                url: url.to_owned(),
+                detail: source.to_string(),
+            },
+            LdapError::DNSName { source } => DirectoryError::BadUrl {
+                url: url.to_owned(),
+                reason: source.to_string(),
+            },
             LdapError::LdapResult { result } => {
                 // A StartTLS refusal arrives as an LDAP result.
                 DirectoryError::from_result(url, "StartTLS", "", result.rc, &result.text)
             }
-            other => DirectoryError::Unreachable { url: url.to_owned(), detail: other.to_string() },
+            other => DirectoryError::Unreachable {
+                url: url.to_owned(),
+                detail: other.to_string(),
+            },
         }
     }
 
     pub(super) fn from_ldap(url: &str, operation: &'static str, e: LdapError) -> Self {
         match e {
-            LdapError::Timeout { .. } => DirectoryError::Timeout { url: url.to_owned(), operation },
-            LdapError::LdapResult { result } => DirectoryError::from_result(url, operation, "", result.rc, &result.text),
-            other => DirectoryError::ConnectionLost { url: url.to_owned(), operation, detail: other.to_string() },
+            LdapError::Timeout { .. } => DirectoryError::Timeout {
+                url: url.to_owned(),
+                operation,
+            },
+            LdapError::LdapResult { result } => {
+                DirectoryError::from_result(url, operation, "", result.rc, &result.text)
+            }
+            other => DirectoryError::ConnectionLost {
+                url: url.to_owned(),
+                operation,
+                detail: other.to_string(),
+            },
         }
     }
 
-    pub(super) fn from_result(url: &str, operation: &'static str, target: &str, rc: u32, text: &str) -> Self {
+    pub(super) fn from_result(
+        url: &str,
+        operation: &'static str,
+        target: &str,
+        rc: u32,
+        text: &str,
+    ) -> Self {
         if rc == 49 {
-            return DirectoryError::BindRejected { url: url.to_owned(), dn: target.to_owned(), reason: bind_reason(text) };
+            return DirectoryError::BindRejected {
+                url: url.to_owned(),
+                dn: target.to_owned(),
+                reason: bind_reason(text),
+            };
         }
         let (name, hint) = match rc {
             8 => ("strongerAuthRequired", "; fix: use ldaps:// or ldap:// with StartTLS (the agent never binds in clear)"),
@@ -122,7 +187,10 @@ fn bind_reason(text: &str) -> String {
         "775" => "account locked out",
         _ => "invalid credentials; fix: check bind_dn and the bind password",
     };
-    format!("{meaning} (server said: {})", text.trim_end_matches('\0').trim())
+    format!(
+        "{meaning} (server said: {})",
+        text.trim_end_matches('\0').trim()
+    )
 }
 
 #[cfg(test)]
@@ -140,7 +208,13 @@ mod tests {
         );
         assert!(e.to_string().contains("wrong password"), "{e}");
         assert_eq!(e.disposition(), Disposition::Fatal);
-        let disabled = DirectoryError::from_result("ldaps://dc", "bind", "CN=svc", 49, "AcceptSecurityContext error, data 533, v893");
+        let disabled = DirectoryError::from_result(
+            "ldaps://dc",
+            "bind",
+            "CN=svc",
+            49,
+            "AcceptSecurityContext error, data 533, v893",
+        );
         assert!(disabled.to_string().contains("disabled"), "{disabled}");
     }
 
@@ -151,6 +225,9 @@ mod tests {
         let rights = DirectoryError::from_result("u", "search", "b", 50, "");
         assert_eq!(rights.disposition(), Disposition::Fatal);
         assert!(rights.to_string().contains("insufficientAccessRights"));
-        assert_eq!(DirectoryError::from_result("u", "add", "b", 68, "").disposition(), Disposition::BadInput);
+        assert_eq!(
+            DirectoryError::from_result("u", "add", "b", 68, "").disposition(),
+            Disposition::BadInput
+        );
     }
 }

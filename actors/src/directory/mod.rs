@@ -7,10 +7,13 @@
 pub mod dirsync;
 mod error;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
+
+pub use ldap3::Mod as LdapMod;
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 
@@ -50,7 +53,10 @@ impl DcEndpoint {
         let host = parsed
             .host_str()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| DirectoryError::BadUrl { url: url.to_owned(), reason: "no host".into() })?
+            .ok_or_else(|| DirectoryError::BadUrl {
+                url: url.to_owned(),
+                reason: "no host".into(),
+            })?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
@@ -60,7 +66,12 @@ impl DcEndpoint {
                 reason: "a DC URL has no path; put the base DN in base_dn".into(),
             });
         }
-        Ok(DcEndpoint { url: url.to_owned(), host, port: parsed.port().unwrap_or(default_port), starttls })
+        Ok(DcEndpoint {
+            url: url.to_owned(),
+            host,
+            port: parsed.port().unwrap_or(default_port),
+            starttls,
+        })
     }
 }
 
@@ -75,7 +86,10 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(3), operation: Duration::from_secs(10) }
+        Timeouts {
+            connect: Duration::from_secs(3),
+            operation: Duration::from_secs(10),
+        }
     }
 }
 
@@ -94,8 +108,14 @@ pub async fn tcp_reachable(endpoint: &DcEndpoint, timeout: Duration) -> Result<(
     let addr = (endpoint.host.as_str(), endpoint.port);
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(_stream)) => Ok(()),
-        Ok(Err(source)) => Err(DirectoryError::Unreachable { url: endpoint.url.clone(), detail: source.to_string() }),
-        Err(_) => Err(DirectoryError::Timeout { url: endpoint.url.clone(), operation: "TCP connect" }),
+        Ok(Err(source)) => Err(DirectoryError::Unreachable {
+            url: endpoint.url.clone(),
+            detail: source.to_string(),
+        }),
+        Err(_) => Err(DirectoryError::Timeout {
+            url: endpoint.url.clone(),
+            operation: "TCP connect",
+        }),
     }
 }
 
@@ -134,7 +154,11 @@ impl DcSession {
                 tracing::debug!(dc = %url_for_log, error = %e, "LDAP connection driver ended");
             }
         });
-        Ok(DcSession { ldap, endpoint: endpoint.clone(), timeouts })
+        Ok(DcSession {
+            ldap,
+            endpoint: endpoint.clone(),
+            timeouts,
+        })
     }
 
     pub fn endpoint(&self) -> &DcEndpoint {
@@ -150,19 +174,35 @@ impl DcSession {
             .await
             .map_err(|e| DirectoryError::from_ldap(&self.endpoint.url, "bind", e))?;
         if res.rc != 0 {
-            return Err(DirectoryError::from_result(&self.endpoint.url, "bind", bind_dn, res.rc, &res.text));
+            return Err(DirectoryError::from_result(
+                &self.endpoint.url,
+                "bind",
+                bind_dn,
+                res.rc,
+                &res.text,
+            ));
         }
         Ok(())
     }
 
     /// Reads the rootDSE: the health probe (Samba has no WhoAmI) and the source of the USN watermark.
     pub async fn root_dse(&mut self) -> Result<RootDse, DirectoryError> {
-        let attrs = ["dnsHostName", "defaultNamingContext", "highestCommittedUSN", "dsServiceName"];
-        let entries = self.search("", Scope::Base, "(objectClass=*)", &attrs, "rootDSE read").await?;
-        let entry = entries.into_iter().next().ok_or_else(|| DirectoryError::Malformed {
-            url: self.endpoint.url.clone(),
-            detail: "the rootDSE search returned no entry".into(),
-        })?;
+        let attrs = [
+            "dnsHostName",
+            "defaultNamingContext",
+            "highestCommittedUSN",
+            "dsServiceName",
+        ];
+        let entries = self
+            .search("", Scope::Base, "(objectClass=*)", &attrs, "rootDSE read")
+            .await?;
+        let entry = entries
+            .into_iter()
+            .next()
+            .ok_or_else(|| DirectoryError::Malformed {
+                url: self.endpoint.url.clone(),
+                detail: "the rootDSE search returned no entry".into(),
+            })?;
         let first = |name: &str| entry.attrs.get(name).and_then(|v| v.first()).cloned();
         let highest_committed_usn = match first("highestCommittedUSN") {
             Some(v) => Some(v.parse::<u64>().map_err(|_| DirectoryError::Malformed {
@@ -180,8 +220,15 @@ impl DcSession {
     }
 
     /// Reads one object by DN; `Ok(None)` when it does not exist.
-    pub async fn read_entry(&mut self, dn: &str, attrs: &[&str]) -> Result<Option<SearchEntry>, DirectoryError> {
-        match self.search(dn, Scope::Base, "(objectClass=*)", attrs, "read").await {
+    pub async fn read_entry(
+        &mut self,
+        dn: &str,
+        attrs: &[&str],
+    ) -> Result<Option<SearchEntry>, DirectoryError> {
+        match self
+            .search(dn, Scope::Base, "(objectClass=*)", attrs, "read")
+            .await
+        {
             Ok(entries) => Ok(entries.into_iter().next()),
             Err(DirectoryError::Refused { rc: 32, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -205,9 +252,19 @@ impl DcSession {
             .map_err(|e| DirectoryError::from_ldap(&self.endpoint.url, what, e))?;
         let (entries, res) = (result.0, result.1);
         if res.rc != 0 {
-            return Err(DirectoryError::from_result(&self.endpoint.url, what, base, res.rc, &res.text));
+            return Err(DirectoryError::from_result(
+                &self.endpoint.url,
+                what,
+                base,
+                res.rc,
+                &res.text,
+            ));
         }
-        Ok(entries.into_iter().filter(|e| !is_reference(e)).map(SearchEntry::construct).collect())
+        Ok(entries
+            .into_iter()
+            .filter(|e| !is_reference(e))
+            .map(SearchEntry::construct)
+            .collect())
     }
 
     /// Runs one DirSync round (no more-data loop here; the caller decides).
@@ -227,17 +284,94 @@ impl DcSession {
             .map_err(|e| DirectoryError::from_ldap(&self.endpoint.url, "DirSync search", e))?;
         let (entries, res) = (result.0, result.1);
         if res.rc != 0 {
-            return Err(DirectoryError::from_result(&self.endpoint.url, "DirSync search", base, res.rc, &res.text));
+            return Err(DirectoryError::from_result(
+                &self.endpoint.url,
+                "DirSync search",
+                base,
+                res.rc,
+                &res.text,
+            ));
         }
-        let response = res.ctrls.iter().find_map(|c| DirSyncResponse::from_control(&c.1));
-        Ok((entries.into_iter().filter(|e| !is_reference(e)).map(SearchEntry::construct).collect(), response))
+        let response = res
+            .ctrls
+            .iter()
+            .find_map(|c| DirSyncResponse::from_control(&c.1));
+        Ok((
+            entries
+                .into_iter()
+                .filter(|e| !is_reference(e))
+                .map(SearchEntry::construct)
+                .collect(),
+            response,
+        ))
     }
 
     /// Confirms the bound account may run DirSync on `base` (Replicating Directory Changes), the
     /// right change tracking needs. Runs one DirSync round whose filter matches nothing.
     pub async fn probe_change_tracking_rights(&mut self, base: &str) -> Result<(), DirectoryError> {
         let filter = "(&(objectClass=user)(sAMAccountName=forestsync-rights-probe-none))";
-        self.dirsync(base, filter, &["objectGUID"], &DirSyncRequest::default()).await.map(|_| ())
+        self.dirsync(base, filter, &["objectGUID"], &DirSyncRequest::default())
+            .await
+            .map(|_| ())
+    }
+
+    /// Adds an object. Attribute values are bytes so binary values (unicodePwd) go through unchanged.
+    pub async fn add(
+        &mut self,
+        dn: &str,
+        attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)>,
+    ) -> Result<(), DirectoryError> {
+        let res = self
+            .ldap
+            .with_timeout(self.timeouts.operation)
+            .add(dn, attrs)
+            .await
+            .map_err(|e| DirectoryError::from_ldap(&self.endpoint.url, "add", e))?;
+        self.expect_success("add", dn, res)
+    }
+
+    /// Modifies an object; all modifications apply together or not at all (one LDAP modify).
+    pub async fn modify(
+        &mut self,
+        dn: &str,
+        mods: Vec<Mod<Vec<u8>>>,
+    ) -> Result<(), DirectoryError> {
+        let res = self
+            .ldap
+            .with_timeout(self.timeouts.operation)
+            .modify(dn, mods)
+            .await
+            .map_err(|e| DirectoryError::from_ldap(&self.endpoint.url, "modify", e))?;
+        self.expect_success("modify", dn, res)
+    }
+
+    pub async fn delete(&mut self, dn: &str) -> Result<(), DirectoryError> {
+        let res = self
+            .ldap
+            .with_timeout(self.timeouts.operation)
+            .delete(dn)
+            .await
+            .map_err(|e| DirectoryError::from_ldap(&self.endpoint.url, "delete", e))?;
+        self.expect_success("delete", dn, res)
+    }
+
+    fn expect_success(
+        &self,
+        operation: &'static str,
+        dn: &str,
+        res: ldap3::LdapResult,
+    ) -> Result<(), DirectoryError> {
+        if res.rc == 0 {
+            Ok(())
+        } else {
+            Err(DirectoryError::from_result(
+                &self.endpoint.url,
+                operation,
+                dn,
+                res.rc,
+                &res.text,
+            ))
+        }
     }
 
     pub async fn unbind(mut self) {
@@ -265,7 +399,10 @@ mod tests {
     #[test]
     fn dc_urls_parse_with_defaults_and_reject_plain_or_pathful_urls() {
         let ldaps = DcEndpoint::parse("ldaps://127.0.0.2").unwrap();
-        assert_eq!((ldaps.host.as_str(), ldaps.port, ldaps.starttls), ("127.0.0.2", 636, false));
+        assert_eq!(
+            (ldaps.host.as_str(), ldaps.port, ldaps.starttls),
+            ("127.0.0.2", 636, false)
+        );
         let ldap = DcEndpoint::parse("ldap://dc1.alpha.test").unwrap();
         assert_eq!((ldap.port, ldap.starttls), (389, true));
         assert!(DcEndpoint::parse("http://127.0.0.2").is_err());

@@ -1,0 +1,9 @@
+//! jcemu integration tests (one test binary).
+
+mod ad;
+mod common;
+mod conformance;
+mod faults;
+mod groups;
+mod throughput;
+mod users;
