@@ -32,8 +32,8 @@ enum Scenario {
         /// Concurrent client connections.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
-        /// Users created before the read phase.
-        #[arg(long, default_value_t = 2000)]
+        /// Users created in the create phase (and paged through in the read phase).
+        #[arg(long, default_value_t = 20000)]
         users: usize,
         /// Serve plain HTTP instead of HTTPS.
         #[arg(long)]
