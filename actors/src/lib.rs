@@ -10,5 +10,6 @@
 pub mod cloud;
 pub mod directory;
 pub mod disposition;
+pub mod model;
 pub mod secret;
 pub mod trust;
