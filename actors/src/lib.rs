@@ -11,5 +11,6 @@ pub mod cloud;
 pub mod directory;
 pub mod disposition;
 pub mod model;
+pub mod plan;
 pub mod secret;
 pub mod trust;

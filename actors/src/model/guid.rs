@@ -19,7 +19,9 @@ pub enum GuidError {
 
 impl ObjectGuid {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, GuidError> {
-        let array: [u8; 16] = bytes.try_into().map_err(|_| GuidError::Length(bytes.len()))?;
+        let array: [u8; 16] = bytes
+            .try_into()
+            .map_err(|_| GuidError::Length(bytes.len()))?;
         Ok(ObjectGuid(array))
     }
 
@@ -56,7 +58,8 @@ impl FromStr for ObjectGuid {
         }
         let mut t = [0u8; 16];
         for (i, byte) in t.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| GuidError::Text(s.to_owned()))?;
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| GuidError::Text(s.to_owned()))?;
         }
         // Text order → wire order: first three fields are little-endian on the wire.
         let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
@@ -87,11 +90,22 @@ mod tests {
 
     #[test]
     fn wire_bytes_format_in_ad_order_and_round_trip() {
-        let wire = [0xff, 0x19, 0x96, 0x6f, 0x86, 0x8b, 0x11, 0xd0, 0xb4, 0x2d, 0x00, 0xcf, 0x4f, 0xc9, 0x64, 0xff];
+        let wire = [
+            0xff, 0x19, 0x96, 0x6f, 0x86, 0x8b, 0x11, 0xd0, 0xb4, 0x2d, 0x00, 0xcf, 0x4f, 0xc9,
+            0x64, 0xff,
+        ];
         let g = ObjectGuid::from_bytes(&wire).unwrap();
         assert_eq!(g.to_string(), "6f9619ff-8b86-d011-b42d-00cf4fc964ff");
-        assert_eq!("6f9619ff-8b86-d011-b42d-00cf4fc964ff".parse::<ObjectGuid>().unwrap(), g);
-        assert_eq!(serde_json::to_string(&g).unwrap(), "\"6f9619ff-8b86-d011-b42d-00cf4fc964ff\"");
+        assert_eq!(
+            "6f9619ff-8b86-d011-b42d-00cf4fc964ff"
+                .parse::<ObjectGuid>()
+                .unwrap(),
+            g
+        );
+        assert_eq!(
+            serde_json::to_string(&g).unwrap(),
+            "\"6f9619ff-8b86-d011-b42d-00cf4fc964ff\""
+        );
         assert!(g.ldap_filter_value().starts_with("\\ff\\19\\96\\6f"));
         assert!(ObjectGuid::from_bytes(&wire[..15]).is_err());
         assert!("not-a-guid".parse::<ObjectGuid>().is_err());

@@ -2,12 +2,14 @@
 //! that move one to the other. No I/O and no clock here: time is passed in.
 
 mod guid;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 pub use guid::{GuidError, ObjectGuid};
+pub use snapshot::{normalize_dn, DomainSnapshot, SnapshotDelta};
 
 /// The stable identity of an AD object: its domain (the config's `name`) and its objectGUID.
 /// Never a DN or a name: renames and moves keep the anchor.
@@ -48,7 +50,11 @@ pub struct AdObject {
 
 impl AdObject {
     pub fn first(&self, attr: &str) -> Option<&str> {
-        self.attrs.get(attr).and_then(|v| v.first()).map(String::as_str).filter(|s| !s.is_empty())
+        self.attrs
+            .get(attr)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     fn int(&self, attr: &str) -> Option<i64> {
@@ -57,7 +63,8 @@ impl AdObject {
 
     /// userAccountControl bit 0x2.
     pub fn is_disabled(&self) -> bool {
-        self.int("useraccountcontrol").is_some_and(|uac| uac & 0x2 != 0)
+        self.int("useraccountcontrol")
+            .is_some_and(|uac| uac & 0x2 != 0)
     }
 
     /// adminCount = 1 (set on protected accounts and groups by SDProp on Windows).
@@ -71,7 +78,8 @@ impl AdObject {
     }
 
     pub fn primary_group_id(&self) -> Option<u32> {
-        self.int("primarygroupid").and_then(|v| u32::try_from(v).ok())
+        self.int("primarygroupid")
+            .and_then(|v| u32::try_from(v).ok())
     }
 
     pub fn pwd_last_set(&self) -> Option<i64> {
@@ -107,33 +115,66 @@ pub struct DesiredGroup {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Create the user (or adopt the one an earlier, interrupted attempt created) and link it.
-    CreateUser { user: DesiredUser },
+    CreateUser {
+        user: DesiredUser,
+    },
     /// Link an existing JumpCloud user (username collision, take-over policy), then update it.
-    TakeOverUser { user: DesiredUser, jumpcloud_id: String },
-    UpdateUser { user: DesiredUser },
+    TakeOverUser {
+        user: DesiredUser,
+        jumpcloud_id: String,
+    },
+    UpdateUser {
+        user: DesiredUser,
+    },
     /// Leave scope with the configured action.
-    RemoveUser { anchor: Anchor, action: RemoveAction },
-    CreateGroup { group: DesiredGroup },
-    RenameGroup { anchor: Anchor, name: String },
-    DeleteGroup { anchor: Anchor },
-    AddMember { group: Anchor, user: Anchor },
-    RemoveMember { group: Anchor, user: Anchor },
+    RemoveUser {
+        anchor: Anchor,
+        action: RemoveAction,
+    },
+    CreateGroup {
+        group: DesiredGroup,
+    },
+    RenameGroup {
+        anchor: Anchor,
+        name: String,
+    },
+    DeleteGroup {
+        anchor: Anchor,
+    },
+    AddMember {
+        group: Anchor,
+        user: Anchor,
+    },
+    RemoveMember {
+        group: Anchor,
+        user: Anchor,
+    },
 }
 
 impl Op {
     /// The object whose order this operation must keep (operations on one object run in sequence).
     pub fn subject(&self) -> &Anchor {
         match self {
-            Op::CreateUser { user } | Op::TakeOverUser { user, .. } | Op::UpdateUser { user } => &user.anchor,
+            Op::CreateUser { user } | Op::TakeOverUser { user, .. } | Op::UpdateUser { user } => {
+                &user.anchor
+            }
             Op::CreateGroup { group } => &group.anchor,
-            Op::RemoveUser { anchor, .. } | Op::RenameGroup { anchor, .. } | Op::DeleteGroup { anchor } => anchor,
+            Op::RemoveUser { anchor, .. }
+            | Op::RenameGroup { anchor, .. }
+            | Op::DeleteGroup { anchor } => anchor,
             Op::AddMember { group, .. } | Op::RemoveMember { group, .. } => group,
         }
     }
 
     /// Deletes or suspends something in JumpCloud (counted by the mass-removal guard).
     pub fn is_removal(&self) -> bool {
-        matches!(self, Op::RemoveUser { action: RemoveAction::Delete | RemoveAction::Suspend, .. } | Op::DeleteGroup { .. })
+        matches!(
+            self,
+            Op::RemoveUser {
+                action: RemoveAction::Delete | RemoveAction::Suspend,
+                ..
+            } | Op::DeleteGroup { .. }
+        )
     }
 }
 
@@ -175,7 +216,10 @@ pub enum MemberDelta {
     /// The complete current member list (DNs), e.g. from a ranged full read.
     Replace(Vec<String>),
     /// DirSync INCREMENTAL_VALUES: values added and removed since the cookie.
-    Incremental { added: Vec<String>, removed: Vec<String> },
+    Incremental {
+        added: Vec<String>,
+        removed: Vec<String>,
+    },
 }
 
 /// Where a domain's change stream stands. The DirSync cookie is portable between the domain's DCs;
