@@ -6,6 +6,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use forestsync_actors::password::policy::JumpCloudPolicy;
 use forestsync_actors::secret::Secret;
 use serde::Deserialize;
 
@@ -93,6 +94,8 @@ struct FileShape {
     domains: Vec<DomainShape>,
     #[serde(default)]
     safety: SafetyShape,
+    #[serde(default)]
+    passwords: PasswordsShape,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +143,39 @@ struct DomainShape {
 struct SafetyShape {
     max_removals: Option<u32>,
     max_removal_percent: Option<u32>,
+}
+
+/// `[passwords]`: the capture hook and the agent's capture inbox. Every key is optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PasswordsShape {
+    enforce_jumpcloud_policy: Option<bool>,
+    min_length: Option<usize>,
+    require_lowercase: Option<bool>,
+    require_uppercase: Option<bool>,
+    require_number: Option<bool>,
+    require_special: Option<bool>,
+    socket: Option<PathBuf>,
+    spool_dir: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    fail_closed: Option<bool>,
+    confirm_window_seconds: Option<u64>,
+}
+
+/// What `forestsync capture-password` reads: only `state_dir`, `[passwords]` and the domain names,
+/// so a hook on a DC never needs (or fails on) the agent's secrets.
+#[derive(Deserialize)]
+struct HookFileShape {
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    passwords: PasswordsShape,
+    #[serde(rename = "domain", default)]
+    domains: Vec<HookDomainShape>,
+}
+
+#[derive(Deserialize)]
+struct HookDomainShape {
+    name: String,
 }
 
 fn default_console() -> String {
@@ -203,6 +239,7 @@ pub struct Config {
     pub jumpcloud: JumpCloudConfig,
     pub domains: Vec<DomainConfig>,
     pub safety: SafetyConfig,
+    pub passwords: PasswordsConfig,
 }
 
 #[derive(Debug)]
@@ -238,6 +275,134 @@ pub struct SafetyConfig {
     pub max_removals: u32,
     /// … or more than this share of the scope, whichever is lower.
     pub max_removal_percent: u32,
+}
+
+/// `[passwords]`, resolved. Defaults: JumpCloud's policy enforced (8 characters, lower, upper, number,
+/// special), socket `/run/forestsync/capture.sock`, spool `<state_dir>/password-spool`, key
+/// `<state_dir>/password.key`, fail open, 120 s confirmation window.
+#[derive(Clone, Debug)]
+pub struct PasswordsConfig {
+    /// Also refuse, at the DC, passwords JumpCloud's policy would refuse.
+    pub enforce_jumpcloud_policy: bool,
+    pub jumpcloud_policy: JumpCloudPolicy,
+    /// The agent's capture socket (root-only, mode 0600).
+    pub socket: PathBuf,
+    /// Where the hook writes captures, encrypted, when the agent does not answer.
+    pub spool_dir: PathBuf,
+    /// The 32-byte spool key (created 0600 by whichever side needs it first).
+    pub key_file: PathBuf,
+    /// When the hook can neither deliver nor spool an accepted password: reject the change (true)
+    /// or let it through uncaptured (false, the default: a broken capture path never blocks users).
+    pub fail_closed: bool,
+    /// How long a captured password waits for AD to confirm the commit (pwdLastSet).
+    pub confirm_window: std::time::Duration,
+}
+
+/// What the capture hook needs from the config file.
+#[derive(Clone, Debug)]
+pub struct HookConfig {
+    pub passwords: PasswordsConfig,
+    /// The configured `[[domain]]` names.
+    pub domains: Vec<String>,
+}
+
+const DEFAULT_STATE_DIR: &str = "/var/lib/forestsync";
+const DEFAULT_CAPTURE_SOCKET: &str = "/run/forestsync/capture.sock";
+
+impl PasswordsConfig {
+    /// The defaults, as if `[passwords]` were absent and `state_dir` unset.
+    pub fn defaults() -> Self {
+        PasswordsShape::default().resolve(Path::new(DEFAULT_STATE_DIR), &|p| p, &mut Vec::new())
+    }
+}
+
+impl PasswordsShape {
+    fn resolve(
+        self,
+        state_dir: &Path,
+        relative: &dyn Fn(PathBuf) -> PathBuf,
+        problems: &mut Vec<String>,
+    ) -> PasswordsConfig {
+        let defaults = JumpCloudPolicy::default();
+        let p = PasswordsConfig {
+            enforce_jumpcloud_policy: self.enforce_jumpcloud_policy.unwrap_or(true),
+            jumpcloud_policy: JumpCloudPolicy {
+                min_length: self.min_length.unwrap_or(defaults.min_length),
+                require_lowercase: self.require_lowercase.unwrap_or(defaults.require_lowercase),
+                require_uppercase: self.require_uppercase.unwrap_or(defaults.require_uppercase),
+                require_number: self.require_number.unwrap_or(defaults.require_number),
+                require_special: self.require_special.unwrap_or(defaults.require_special),
+            },
+            socket: self
+                .socket
+                .map(relative)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CAPTURE_SOCKET)),
+            spool_dir: self
+                .spool_dir
+                .map(relative)
+                .unwrap_or_else(|| state_dir.join("password-spool")),
+            key_file: self
+                .key_file
+                .map(relative)
+                .unwrap_or_else(|| state_dir.join("password.key")),
+            fail_closed: self.fail_closed.unwrap_or(false),
+            confirm_window: std::time::Duration::from_secs(
+                self.confirm_window_seconds.unwrap_or(120),
+            ),
+        };
+        if p.jumpcloud_policy.min_length > 256 {
+            problems.push("passwords.min_length must be at most 256 (AD's limit)".into());
+        }
+        if p.confirm_window.is_zero() {
+            problems.push("passwords.confirm_window_seconds must be at least 1".into());
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if p.socket.as_os_str().len() > 107 {
+            problems.push(format!(
+                "passwords.socket {} is longer than 107 bytes (the unix socket limit); fix: use a shorter path",
+                p.socket.display()
+            ));
+        }
+        if p.spool_dir == p.key_file || p.key_file.starts_with(&p.spool_dir) {
+            problems.push("passwords.key_file must not be inside passwords.spool_dir".into());
+        }
+        p
+    }
+}
+
+impl HookConfig {
+    /// Reads only what the capture hook needs: `state_dir`, `[passwords]` (checked as strictly as
+    /// by [`Config::load`]) and the domain names. Other sections are not validated here.
+    pub fn load(path: &Path) -> Result<HookConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let shape: HookFileShape = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let relative = |p: PathBuf| if p.is_relative() { base_dir.join(p) } else { p };
+        let state_dir = shape
+            .state_dir
+            .map(relative)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let mut problems = Vec::new();
+        let passwords = shape
+            .passwords
+            .resolve(&state_dir, &relative, &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.into(),
+                problems,
+            });
+        }
+        Ok(HookConfig {
+            passwords,
+            domains: shape.domains.into_iter().map(|d| d.name).collect(),
+        })
+    }
 }
 
 impl Config {
@@ -352,6 +517,13 @@ impl Config {
         if safety.max_removal_percent > 100 {
             problems.push("safety.max_removal_percent must be between 0 and 100".into());
         }
+        let state_dir = shape
+            .state_dir
+            .map(&relative)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let passwords = shape
+            .passwords
+            .resolve(&state_dir, &relative, &mut problems);
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -362,10 +534,7 @@ impl Config {
         Ok(Config {
             path: path.into(),
             mode: shape.mode,
-            state_dir: shape
-                .state_dir
-                .map(&relative)
-                .unwrap_or_else(|| PathBuf::from("/var/lib/forestsync")),
+            state_dir,
             jumpcloud: JumpCloudConfig {
                 base_url: jc.base_url,
                 api_key,
@@ -377,6 +546,7 @@ impl Config {
             },
             domains,
             safety,
+            passwords,
         })
     }
 }
@@ -491,6 +661,72 @@ root_group_dn = "CN=JumpCloud,OU=ADI,DC=alpha,DC=test"
         assert!(e.contains("http://127.0.0.12"), "{e}");
         assert!(e.contains("root_group_dn"), "{e}");
         assert!(e.contains("jumpcloud.api_key"), "{e}");
+    }
+
+    #[test]
+    fn passwords_section_defaults_and_overrides() {
+        let c = Config::parse(Path::new("/etc/forestsync/c.toml"), GOOD).unwrap();
+        let p = &c.passwords;
+        assert!(p.enforce_jumpcloud_policy && !p.fail_closed);
+        assert_eq!(p.jumpcloud_policy, JumpCloudPolicy::default());
+        assert_eq!(p.jumpcloud_policy.min_length, 8);
+        assert_eq!(p.socket, Path::new("/run/forestsync/capture.sock"));
+        assert_eq!(p.spool_dir, Path::new("/var/lib/forestsync/password-spool"));
+        assert_eq!(p.key_file, Path::new("/var/lib/forestsync/password.key"));
+        assert_eq!(p.confirm_window, std::time::Duration::from_secs(120));
+
+        let text = format!(
+            "state_dir = \"state\"\n{GOOD}\n[passwords]\nenforce_jumpcloud_policy = false\nmin_length = 12\nrequire_special = false\nsocket = \"run/c.sock\"\nfail_closed = true\nconfirm_window_seconds = 30\n"
+        );
+        let c = Config::parse(Path::new("/srv/fs/c.toml"), &text).unwrap();
+        let p = &c.passwords;
+        assert!(!p.enforce_jumpcloud_policy && p.fail_closed);
+        assert_eq!(p.jumpcloud_policy.min_length, 12);
+        assert!(!p.jumpcloud_policy.require_special && p.jumpcloud_policy.require_number);
+        assert_eq!(p.socket, Path::new("/srv/fs/run/c.sock"));
+        assert_eq!(p.spool_dir, Path::new("/srv/fs/state/password-spool"));
+        assert_eq!(p.confirm_window, std::time::Duration::from_secs(30));
+
+        let typo = format!("{GOOD}\n[passwords]\nfail_close = true\n");
+        let e = Config::parse(Path::new("c.toml"), &typo)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fail_close"), "{e}");
+        let bad = format!(
+            "{GOOD}\n[passwords]\nconfirm_window_seconds = 0\nsocket = \"/{}\"\n",
+            "x".repeat(120)
+        );
+        let e = Config::parse(Path::new("c.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("2 problem(s)") && e.contains("107 bytes"), "{e}");
+    }
+
+    #[test]
+    fn the_hook_reads_only_passwords_state_dir_and_domain_names() {
+        let dir = std::env::temp_dir().join(format!("fs-hookcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        // The bind password file does not exist: the agent's loader fails, the hook's does not.
+        let text = GOOD.replace(
+            "bind_password = \"s3cret-Pw\"",
+            "bind_password_file = \"missing.pw\"",
+        ) + "\n[passwords]\nspool_dir = \"spool\"\n";
+        std::fs::write(&path, text).unwrap();
+        assert!(Config::load(&path).is_err());
+        let h = HookConfig::load(&path).unwrap();
+        assert_eq!(h.domains, vec!["alpha".to_string()]);
+        assert_eq!(h.passwords.spool_dir, dir.join("spool"));
+        assert_eq!(
+            h.passwords.key_file,
+            Path::new("/var/lib/forestsync/password.key")
+        );
+        std::fs::write(&path, "[passwords]\nsokcet = \"/x\"\n").unwrap();
+        assert!(HookConfig::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("sokcet"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

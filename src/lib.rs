@@ -1,6 +1,9 @@
 //! The forestsync program: configuration, the subcommands, telemetry set-up, wiring of the engine
 //! (`forestsync-actors`). The binary in `main.rs` is only argument parsing on top of this.
 
+pub mod capture;
 pub mod check;
 pub mod config;
+pub mod dry_run;
 pub mod telemetry;
+pub mod wiring;

@@ -1,6 +1,6 @@
 //! The `forestsync` command line.
 
-use forestsync::{check, config, telemetry};
+use forestsync::{capture, check, config, telemetry};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +37,8 @@ enum Command {
     /// Encrypt the secrets in a config file in place.
     Seal(ConfigArg),
     /// Password hook called by Samba's `check password script` on every DC (password on stdin).
-    CapturePassword,
+    /// Exit 0 accepts the password, 1 rejects it; an accepted one goes to the agent or the spool.
+    CapturePassword(capture::CaptureArgs),
     /// Register this agent with the JumpCloud AD instance using a one-time connect key.
     Register {
         #[command(flatten)]
@@ -70,10 +71,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(arg) => runtime.block_on(check_command(arg)),
-        Command::Run(_) | Command::Plan { .. } | Command::Status(_) | Command::Seal(_) => {
-            not_yet("issue #3")
-        }
-        Command::CapturePassword => not_yet("issue #3"),
+        Command::Run(arg) => run_command(arg),
+        Command::Plan { config, json } => runtime.block_on(plan_command(config, json)),
+        Command::Status(_) | Command::Seal(_) => not_yet("issue #6"),
+        Command::CapturePassword(args) => capture::run(args, &runtime),
         Command::Register { .. } => not_yet("a later issue"),
     }
 }
@@ -95,6 +96,71 @@ async fn check_command(arg: ConfigArg) -> ExitCode {
     } else {
         println!("{failed} check(s) failed");
         ExitCode::from(1)
+    }
+}
+
+fn load(arg: &ConfigArg) -> Option<config::Config> {
+    match config::Config::load(&arg.config) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("forestsync: {e}");
+            None
+        }
+    }
+}
+
+fn run_command(arg: ConfigArg) -> ExitCode {
+    let Some(config) = load(&arg) else {
+        return ExitCode::from(1);
+    };
+    let system = actix::System::new();
+    let result = system.block_on(async {
+        forestsync::wiring::start(&config).await?;
+        tracing::info!(mode = %config.mode, "forestsync running");
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        Ok::<(), forestsync::wiring::WiringError>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("forestsync: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn plan_command(arg: ConfigArg, json: bool) -> ExitCode {
+    let Some(config) = load(&arg) else {
+        return ExitCode::from(1);
+    };
+    match forestsync::dry_run::run(&config).await {
+        Ok(r) => {
+            if json {
+                println!("{}", forestsync::dry_run::render_json(&r));
+            } else {
+                print!("{}", forestsync::dry_run::render_table(&r));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("forestsync plan: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

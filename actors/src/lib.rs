@@ -6,11 +6,21 @@
 //! - [`trust`]: the one place that builds rustls client configurations (LDAP and HTTPS share it).
 //! - [`directory`]: Active Directory over LDAP (connect, bind, rootDSE, rights probes).
 //! - [`cloud`]: the JumpCloud API client.
+//! - [`store`]: the durable store (redb): snapshots + watermarks per domain, outbox, quarantine, links, meta.
+//! - [`executor`]: runs queued JumpCloud operations idempotently through one rate limiter, with retries.
+//! - [`password`]: password capture (hook rules, socket, encrypted spool) and commit confirmation.
 
+pub mod api;
 pub mod cloud;
+pub mod coordinator;
+pub mod dc;
 pub mod directory;
 pub mod disposition;
+pub mod domain;
+pub mod executor;
 pub mod model;
+pub mod password;
 pub mod plan;
 pub mod secret;
+pub mod store;
 pub mod trust;

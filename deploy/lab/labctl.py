@@ -5,6 +5,7 @@ Run with Debian's /usr/bin/python3 (python3-samba lives there). Subcommands:
 
   genpw                         print a random password that satisfies AD complexity
   setup-domain ...              OUs, ADI root group, least-privilege service account and its ACEs
+  grant-deleted-objects ...     service account may read CN=Deleted Objects (DirSync tombstones)
   add-replica-dns ...           A record + _msdcs CNAME for a joined replica (the join adds none on 127/8)
   seed-ldif ...                 write the LDIF for `lab seed`
 
@@ -89,11 +90,12 @@ def utf16_pw(pw):
     return ('"%s"' % pw).encode("utf-16-le")
 
 
-def add_aces(samdb, dn, aces):
+def add_aces(samdb, dn, aces, controls=()):
     """Add explicit ACEs to an object's DACL (what `samba-tool dsacl set` does), idempotently.
 
     New allow ACEs go after any explicit deny ACEs and before the other explicit ACEs; inherited
-    ACEs are dropped from what we write (the server recomputes them).
+    ACEs are dropped from what we write (the server recomputes them). `controls` are added to
+    the read and the write (e.g. "show_deleted:1" for CN=Deleted Objects).
     """
     import ldb
     from samba.dcerpc import security
@@ -101,7 +103,7 @@ def add_aces(samdb, dn, aces):
 
     domain_sid = security.dom_sid(samdb.get_domain_sid())
     res = samdb.search(base=dn, scope=ldb.SCOPE_BASE, attrs=["nTSecurityDescriptor"],
-                       controls=["sd_flags:1:4"])
+                       controls=["sd_flags:1:4"] + list(controls))
     desc = ndr_unpack(security.descriptor, res[0]["nTSecurityDescriptor"][0])
     sddl = desc.as_sddl(domain_sid)
     head = sddl[:sddl.index("(")] if "(" in sddl else sddl
@@ -128,7 +130,7 @@ def add_aces(samdb, dn, aces):
     m.dn = ldb.Dn(samdb, dn)
     m["nTSecurityDescriptor"] = ldb.MessageElement(ndr_pack(new), ldb.FLAG_MOD_REPLACE,
                                                    "nTSecurityDescriptor")
-    samdb.modify(m, controls=["sd_flags:1:4"])
+    samdb.modify(m, controls=["sd_flags:1:4"] + list(controls))
     return True
 
 
@@ -236,6 +238,44 @@ def cmd_setup_domain(a):
         add_aces(samdb, ou, managed_ou_aces(sid))
     protect_admin_users(samdb, sid)
     print(sid)
+
+
+def deleted_objects_aces(sid):
+    return [
+        # List Contents + Read Property + Read Control on CN=Deleted Objects: what Windows admins grant
+        # with `dsacls "CN=Deleted Objects,<base>" /G <DOMAIN>\<svc>:LCRP` for a non-admin DirSync
+        # account. Samba's DirSync (unlike Windows) still checks this container for a caller that only
+        # holds Replicating Directory Changes, and returns no tombstones without it.
+        "(A;;LCRPRC;;;%s)" % sid,
+    ]
+
+
+def cmd_grant_deleted_objects(a):
+    """Grant the service account read access to CN=Deleted Objects,<base>.
+
+    Writes the DC's sam.ldb directly as system: over LDAP not even Administrator may read or write
+    that container's security descriptor on Samba. Idempotent; the change replicates like any
+    other (run it on every DC anyway: an already present ACE is left alone)."""
+    import ldb
+    from samba.param import LoadParm
+    from samba.auth import system_session
+    from samba.samdb import SamDB
+    from samba.dcerpc import security
+    from samba.ndr import ndr_unpack
+
+    lp = LoadParm()
+    lp.load(a.dc_smbconf)
+    samdb = SamDB(url=lp.private_path("sam.ldb"), session_info=system_session(), lp=lp)
+    base = str(samdb.domain_dn())
+    res = samdb.search(base="CN=Users," + base, scope=ldb.SCOPE_ONELEVEL,
+                       expression="(sAMAccountName=%s)" % ldb.binary_encode(a.svc_name),
+                       attrs=["objectSid"])
+    if len(res) != 1:
+        die("no account %s under CN=Users,%s" % (a.svc_name, base))
+    sid = str(ndr_unpack(security.dom_sid, res[0]["objectSid"][0]))
+    dn = "CN=Deleted Objects," + base
+    changed = add_aces(samdb, dn, deleted_objects_aces(sid), controls=["show_deleted:1"])
+    print("%s: %s" % (dn, "granted" if changed else "already granted"))
 
 
 def cmd_show_aces(a):
@@ -378,6 +418,10 @@ def main():
     s.add_argument("--svc-name", default="svc-forestsync")
     s.add_argument("--svc-pw-file", required=True)
 
+    s = sub.add_parser("grant-deleted-objects")
+    s.add_argument("--dc-smbconf", required=True, help="the DC's own smb.conf (opens its sam.ldb)")
+    s.add_argument("--svc-name", default="svc-forestsync")
+
     s = sub.add_parser("show-aces")
     conn_args(s)
     s.add_argument("--url", required=True)
@@ -403,6 +447,8 @@ def main():
         print(genpw())
     elif a.cmd == "setup-domain":
         cmd_setup_domain(a)
+    elif a.cmd == "grant-deleted-objects":
+        cmd_grant_deleted_objects(a)
     elif a.cmd == "show-aces":
         cmd_show_aces(a)
     elif a.cmd == "add-replica-dns":

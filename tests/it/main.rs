@@ -6,6 +6,10 @@
 //! missing lab is a failure.
 
 mod check_command;
+mod delivery;
+mod directory_reads;
 mod emulator;
+mod import_mode;
 mod lab_dcs;
+mod password_capture;
 mod support;

@@ -4,6 +4,9 @@
 //! the API actor that owns the one client instance.
 
 mod error;
+mod groups;
+mod users;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +16,13 @@ use rustls::ClientConfig;
 use serde::Deserialize;
 
 pub use error::CloudError;
+pub use groups::{
+    group_description, group_marker, AssocTarget, GraphOp, JcGroup, GROUP_ANCHOR_PREFIX,
+};
+pub use users::{
+    with_anchor_attribute, JcAttribute, JcUser, UserUpdate, ANCHOR_ATTRIBUTE, EXTERNAL_SOURCE_TYPE,
+    PAGE_LIMIT,
+};
 
 use crate::secret::Secret;
 

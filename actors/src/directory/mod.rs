@@ -6,6 +6,7 @@
 
 pub mod dirsync;
 mod error;
+pub mod read;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::net::TcpStream;
 
 pub use dirsync::{DirSyncRequest, DirSyncResponse};
 pub use error::DirectoryError;
+pub use read::{changes_since, full_read, invocation_id, read_members, ReadSpec};
 
 use crate::secret::Secret;
 
@@ -159,6 +161,11 @@ impl DcSession {
             endpoint: endpoint.clone(),
             timeouts,
         })
+    }
+
+    /// Changes the per-operation timeout (a full read of a large domain needs far longer than a probe).
+    pub fn set_operation_timeout(&mut self, timeout: Duration) {
+        self.timeouts.operation = timeout;
     }
 
     pub fn endpoint(&self) -> &DcEndpoint {
@@ -343,6 +350,22 @@ impl DcSession {
             .await
             .map_err(|e| DirectoryError::from_ldap(&self.endpoint.url, "modify", e))?;
         self.expect_success("modify", dn, res)
+    }
+
+    /// Renames or moves an object (modifyDN); `new_superior` moves it under another parent.
+    pub async fn rename(
+        &mut self,
+        dn: &str,
+        new_rdn: &str,
+        new_superior: Option<&str>,
+    ) -> Result<(), DirectoryError> {
+        let res = self
+            .ldap
+            .with_timeout(self.timeouts.operation)
+            .modifydn(dn, new_rdn, true, new_superior)
+            .await
+            .map_err(|e| DirectoryError::from_ldap(&self.endpoint.url, "rename", e))?;
+        self.expect_success("rename", dn, res)
     }
 
     pub async fn delete(&mut self, dn: &str) -> Result<(), DirectoryError> {

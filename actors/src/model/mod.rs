@@ -166,6 +166,32 @@ impl Op {
         }
     }
 
+    /// A short name for logs and tables.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::CreateUser { .. } => "create user",
+            Op::TakeOverUser { .. } => "take over user",
+            Op::UpdateUser { .. } => "update user",
+            Op::RemoveUser {
+                action: RemoveAction::Delete,
+                ..
+            } => "delete user",
+            Op::RemoveUser {
+                action: RemoveAction::Suspend,
+                ..
+            } => "suspend user",
+            Op::RemoveUser {
+                action: RemoveAction::Unbind,
+                ..
+            } => "unbind user",
+            Op::CreateGroup { .. } => "create group",
+            Op::RenameGroup { .. } => "rename group",
+            Op::DeleteGroup { .. } => "delete group",
+            Op::AddMember { .. } => "add member",
+            Op::RemoveMember { .. } => "remove member",
+        }
+    }
+
     /// Deletes or suspends something in JumpCloud (counted by the mass-removal guard).
     pub fn is_removal(&self) -> bool {
         matches!(
@@ -254,6 +280,8 @@ pub struct Link {
 
 /// How a completed operation changes the links (recorded in the same transaction that removes the
 /// operation from the outbox).
+// Short-lived (one per completed operation), so the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LinkEffect {
     None,

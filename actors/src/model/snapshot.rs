@@ -69,6 +69,9 @@ impl DomainSnapshot {
     pub fn apply(&mut self, changes: &[DirChange]) -> SnapshotDelta {
         let mut delta = SnapshotDelta::default();
         let mut member_changes: Vec<(ObjectGuid, &MemberDelta)> = Vec::new();
+        // DNs objects had before a rename or move in this batch: a member change in the same batch may
+        // still name the old DN.
+        let mut former_dns: HashMap<String, ObjectGuid> = HashMap::new();
         for change in changes {
             match change {
                 DirChange::Upsert(raw) => {
@@ -86,6 +89,7 @@ impl DomainSnapshot {
                         if self.by_dn.get(&old) == Some(&raw.guid) {
                             self.by_dn.remove(&old);
                         }
+                        former_dns.insert(old, raw.guid);
                         entry.dn = raw.dn.clone();
                     }
                     self.by_dn.insert(normalize_dn(&raw.dn), raw.guid);
@@ -125,8 +129,10 @@ impl DomainSnapshot {
         }
         for (group_guid, members) in member_changes {
             let resolve = |dn: &String| {
+                let key = normalize_dn(dn);
                 self.by_dn
-                    .get(&normalize_dn(dn))
+                    .get(&key)
+                    .or_else(|| former_dns.get(&key))
                     .copied()
                     .ok_or_else(|| dn.clone())
             };
@@ -248,6 +254,33 @@ pub(crate) mod tests {
             s.by_dn("cn=u2,ou=b,dc=x").unwrap().first("samaccountname"),
             Some("u2")
         );
+    }
+
+    #[test]
+    fn a_member_removal_naming_the_old_dn_of_a_user_moved_in_the_same_batch_still_applies() {
+        let mut s = DomainSnapshot::default();
+        s.apply(&[
+            user(2, "CN=U,OU=A,DC=x", &[]),
+            group(
+                1,
+                "CN=G,DC=x",
+                MemberDelta::Replace(vec!["CN=U,OU=A,DC=x".into()]),
+                &[],
+            ),
+        ]);
+        s.apply(&[
+            user(2, "CN=U,OU=Out,DC=x", &[]),
+            group(
+                1,
+                "CN=G,DC=x",
+                MemberDelta::Incremental {
+                    added: vec![],
+                    removed: vec!["CN=U,OU=A,DC=x".into()],
+                },
+                &[],
+            ),
+        ]);
+        assert!(s.get(&guid(1)).unwrap().members.is_empty());
     }
 
     #[test]

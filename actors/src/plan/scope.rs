@@ -96,16 +96,11 @@ fn reach(
             users.extend(primary.get(&rid).into_iter().flatten().copied());
         }
         for member in &group.members {
-            match snap.get(member).map(|o| o.kind) {
-                Some(ObjectKind::User) => {
-                    users.insert(*member);
-                }
-                Some(ObjectKind::Group) => {
-                    if groups.insert(*member) {
-                        queue.push_back(*member);
-                    }
-                }
-                None => {}
+            let kind = snap.get(member).map(|o| o.kind);
+            if kind == Some(ObjectKind::User) {
+                users.insert(*member);
+            } else if kind == Some(ObjectKind::Group) && groups.insert(*member) {
+                queue.push_back(*member);
             }
         }
     }

@@ -1,13 +1,16 @@
 //! Listener, TLS and per-connection serving (hyper-util auto HTTP/1.1 + HTTP/2 over tokio-rustls or plain TCP).
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,12 +21,13 @@ use tower::ServiceExt;
 
 use crate::clock::Clock;
 use crate::config::{is_object_id, Config};
+use crate::conn_exec::{ConnExecutor, ConnTasks};
 use crate::error::Error;
 use crate::reqlog::RequestLog;
 use crate::shared::Shared;
 use crate::spec::Contract;
 use crate::store::Store;
-use crate::{api, certs};
+use crate::{api, certs, coalesce};
 
 /// Per-connection control handed to the handlers: `drop` closes the connection without a response.
 #[derive(Clone)]
@@ -254,26 +258,105 @@ where
     let handler_ctl = ctl.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(handler_ctl.clone());
-        router.clone().oneshot(req)
+        let h2 = req.version() == hyper::Version::HTTP_2;
+        let handler = router.clone().oneshot(req);
+        async move {
+            if !h2 {
+                // HTTP/1.1 answers one request at a time anyway: run the handler in the connection task.
+                return handler.await;
+            }
+            // HTTP/2: the stream task runs inside the connection task (see conn_exec), so the handler runs
+            // as its own task to keep the requests of one connection in parallel. Dropping the stream task
+            // (connection closed, e.g. the `drop_rate` fault) aborts the handler.
+            let mut task = AbortOnDrop(tokio::spawn(handler));
+            match (&mut task.0).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("request handler failed: {e}");
+                    let mut r = axum::response::Response::new(axum::body::Body::empty());
+                    *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                    Ok(r)
+                }
+            }
+        }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let exec = ConnExecutor::default();
+    let mut tasks = ConnTasks::new(&exec);
+    let (io, mut flusher) = coalesce::wrap(io);
+    let builder = hyper_util::server::conn::auto::Builder::new(exec);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     if *stop.borrow() {
         return;
     }
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!("connection: {e}");
-            }
-        }
-        _ = ctl.drop.notified() => {
-            // dropping the connection closes the socket without a response
-        }
-        _ = stop.changed() => {
+    // One future drives the connection, its stream tasks and the write-out, in this order within a poll:
+    // the connection reads frames, starts stream tasks and writes the frames queued so far; each stream task
+    // that runs (queueing a whole response: HEADERS and body) is followed by the connection writing those
+    // frames, so a response's frames are adjacent; the flusher then writes everything out in one go
+    // (see conn_exec and coalesce for why).
+    let shutdown = AtomicBool::new(false);
+    let mut shutdown_applied = false;
+    let drive = std::future::poll_fn(|cx| {
+        if !shutdown_applied && shutdown.load(Ordering::Relaxed) {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(3), conn.as_mut()).await;
+            shutdown_applied = true;
         }
+        let mut finished = None;
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            finished = Some(r);
+        } else {
+            tasks.run(cx, |cx| {
+                if finished.is_none() {
+                    if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                        finished = Some(r);
+                    }
+                }
+            });
+        }
+        // (also when the connection has finished: best effort for anything it wrote without shutting down)
+        let written = flusher.poll_write_out(cx);
+        if let Some(r) = finished {
+            return Poll::Ready(r.map_err(|e| e.to_string()));
+        }
+        match written {
+            Poll::Ready(e) => Poll::Ready(Err(format!("write: {e}"))),
+            Poll::Pending => Poll::Pending,
+        }
+    });
+    tokio::pin!(drive);
+    let dropped = ctl.drop.notified();
+    tokio::pin!(dropped);
+    let grace = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(grace);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            biased;
+            r = drive.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!("connection: {e}");
+                }
+                break;
+            }
+            () = dropped.as_mut() => {
+                // dropping the connection (and its stream tasks) closes the socket without a response
+                break;
+            }
+            _ = stop.changed(), if !draining => {
+                shutdown.store(true, Ordering::Relaxed);
+                draining = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3));
+            }
+            () = grace.as_mut(), if draining => break,
+        }
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

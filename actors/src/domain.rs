@@ -1,0 +1,237 @@
+//! The domain actor: one per AD domain. Picks the DC (configured order; fails over on error or
+//! timeout; fails back when the preferred DC is healthy again), detects changes with a cheap probe
+//! (highestCommittedUSN on the rootDSE, per DC) and reads them with DirSync, whose cookie is portable
+//! between the domain's DCs, so a failover needs no full re-read. Every batch goes to the
+//! coordinator; the cookie advances only when the coordinator has committed the batch.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::dc::{DcActor, Probe, ReadChanges};
+use crate::directory::DirectoryError;
+use crate::model::DirChange;
+
+/// A batch of changes from one domain, to be committed with its watermark move.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct DomainBatch {
+    pub domain: String,
+    /// The committed cookie this batch continues from.
+    pub from: Vec<u8>,
+    /// A full read (first start, or the DC rejected the cookie): it replaces the domain's snapshot.
+    pub full: bool,
+    pub to: Vec<u8>,
+    pub dc_url: String,
+    pub usn: Option<u64>,
+    pub changes: Vec<DirChange>,
+}
+
+/// Tells the coordinator which DC a domain is using (status, logs).
+#[derive(Clone, Debug)]
+pub struct DomainTiming {
+    pub poll: Duration,
+    /// A change read (DirSync round, or a full read) that takes longer fails over.
+    pub read_timeout: Duration,
+    /// How often a domain running on a fallback DC checks whether the preferred one is back.
+    pub failback_every: Duration,
+    /// A probe that takes longer marks the DC as hung.
+    pub probe_timeout: Duration,
+}
+
+impl Default for DomainTiming {
+    fn default() -> Self {
+        DomainTiming {
+            poll: Duration::from_millis(250),
+            read_timeout: Duration::from_secs(120),
+            failback_every: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct DomainActor {
+    name: String,
+    dcs: Vec<(String, Addr<DcActor>)>,
+    coordinator: Recipient<DomainBatch>,
+    cookie: Vec<u8>,
+    timing: DomainTiming,
+}
+
+impl DomainActor {
+    pub fn new(
+        name: String,
+        dcs: Vec<(String, Addr<DcActor>)>,
+        coordinator: Recipient<DomainBatch>,
+        cookie: Vec<u8>,
+        timing: DomainTiming,
+    ) -> Self {
+        DomainActor {
+            name,
+            dcs,
+            coordinator,
+            cookie,
+            timing,
+        }
+    }
+}
+
+impl Actor for DomainActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let run = poll_loop(
+            self.name.clone(),
+            self.dcs.clone(),
+            self.coordinator.clone(),
+            self.cookie.clone(),
+            self.timing.clone(),
+        );
+        ctx.spawn(run.into_actor(self).map(|_, _, ctx| ctx.stop()));
+    }
+}
+
+impl Supervised for DomainActor {}
+
+/// Pause between trying one DC and the next, so a domain with every DC down does not spin.
+const FAILOVER_PAUSE: Duration = Duration::from_millis(100);
+
+async fn probe(dc: &Addr<DcActor>, timeout: Duration) -> Result<Option<u64>, String> {
+    match tokio::time::timeout(timeout, dc.send(Probe)).await {
+        Ok(Ok(Ok(dse))) => Ok(dse.highest_committed_usn),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(e)) => Err(format!("DC actor unavailable: {e}")),
+        Err(_) => Err(format!("no rootDSE answer within {timeout:?} (hung?)")),
+    }
+}
+
+async fn poll_loop(
+    domain: String,
+    dcs: Vec<(String, Addr<DcActor>)>,
+    coordinator: Recipient<DomainBatch>,
+    mut cookie: Vec<u8>,
+    timing: DomainTiming,
+) {
+    let mut current = 0usize;
+    // Per DC: the highestCommittedUSN up to which changes were read (USNs are per DC).
+    let mut seen: HashMap<usize, u64> = HashMap::new();
+    let mut last_failback = Instant::now();
+    let mut pending_read = true;
+    let mut full_read_next = cookie.is_empty();
+    loop {
+        // Fail back to the preferred DC when it answers again.
+        if current != 0 && last_failback.elapsed() >= timing.failback_every {
+            last_failback = Instant::now();
+            if probe(&dcs[0].1, timing.probe_timeout).await.is_ok() {
+                tracing::info!(domain, dc = %dcs[0].0, "preferred DC is back; failing back");
+                current = 0;
+                pending_read = true;
+            }
+        }
+        let (url, dc) = &dcs[current];
+        let usn = match probe(dc, timing.probe_timeout).await {
+            Ok(usn) => usn,
+            Err(e) => {
+                fail_over(&domain, &dcs, &mut current, &e);
+                pending_read = true;
+                tokio::time::sleep(FAILOVER_PAUSE).await;
+                continue;
+            }
+        };
+        let changed = match (usn, seen.get(&current)) {
+            (Some(now), Some(before)) => now != *before,
+            _ => true,
+        };
+        if changed || pending_read {
+            let read_from = if full_read_next {
+                Vec::new()
+            } else {
+                cookie.clone()
+            };
+            let read = tokio::time::timeout(
+                timing.read_timeout,
+                dc.send(ReadChanges {
+                    cookie: read_from.clone(),
+                }),
+            )
+            .await;
+            match read {
+                Ok(Ok(Ok((changes, next)))) => {
+                    if !changes.is_empty() || next != cookie {
+                        let batch = DomainBatch {
+                            domain: domain.clone(),
+                            from: cookie.clone(),
+                            full: read_from.is_empty(),
+                            to: next.clone(),
+                            dc_url: url.clone(),
+                            usn,
+                            changes,
+                        };
+                        match coordinator.send(batch).await {
+                            Ok(Ok(())) => {
+                                cookie = next;
+                                pending_read = false;
+                                full_read_next = false;
+                                if let Some(u) = usn {
+                                    seen.insert(current, u);
+                                }
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!(domain, error = %e, "batch not committed; will read again");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            Err(e) => {
+                                tracing::error!(domain, error = %e, "coordinator unavailable; domain actor stops");
+                                return;
+                            }
+                        }
+                    } else {
+                        pending_read = false;
+                        if let Some(u) = usn {
+                            seen.insert(current, u);
+                        }
+                    }
+                }
+                Ok(Ok(Err(DirectoryError::Refused { rc: 12, .. })))
+                    if !cookie.is_empty() && !full_read_next =>
+                {
+                    // unavailableCriticalExtension on a non-empty cookie: the DC cannot use our cookie
+                    // (corrupt, from another domain, too old). A controlled full re-read, not an outage.
+                    tracing::warn!(domain, dc = %url, "DirSync cookie rejected; reading the domain in full");
+                    full_read_next = true;
+                    continue;
+                }
+                Ok(Ok(Err(e))) => {
+                    fail_over(&domain, &dcs, &mut current, &e.to_string());
+                    pending_read = true;
+                    tokio::time::sleep(FAILOVER_PAUSE).await;
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    fail_over(&domain, &dcs, &mut current, &e.to_string());
+                    pending_read = true;
+                    tokio::time::sleep(FAILOVER_PAUSE).await;
+                    continue;
+                }
+                Err(_) => {
+                    fail_over(&domain, &dcs, &mut current, "change read timed out");
+                    pending_read = true;
+                    tokio::time::sleep(FAILOVER_PAUSE).await;
+                    continue;
+                }
+            }
+        }
+        tokio::time::sleep(timing.poll).await;
+    }
+}
+
+fn fail_over(domain: &str, dcs: &[(String, Addr<DcActor>)], current: &mut usize, why: &str) {
+    let from = &dcs[*current].0;
+    *current = (*current + 1) % dcs.len();
+    if dcs.len() > 1 {
+        tracing::warn!(domain, from = %from, to = %dcs[*current].0, reason = why, "DC failed; failing over");
+    } else {
+        tracing::warn!(domain, dc = %from, reason = why, "DC failed; retrying");
+    }
+}

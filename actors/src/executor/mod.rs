@@ -1,0 +1,340 @@
+//! The JumpCloud operation executor: drains the store's outbox in sequence order, one operation at a
+//! time, through one rate limiter, and records each result (link effect or quarantine) in the store.
+//!
+//! Every operation is safe to replay: the agent may be killed after JumpCloud applied an operation and
+//! before `complete_op` recorded it, and the operation then runs again on the next start.
+//! - `CreateUser` looks the username up first and adopts a user carrying its own anchor attribute
+//!   (`forestsync_anchor`) instead of creating a second one; a user with another or no anchor is a
+//!   collision (quarantined). `CreateGroup` does the same with the group name and description marker.
+//! - Membership and association edits treat "already there" / "already gone" as success once a read
+//!   confirms it; deleting an already-deleted user or group is success.
+//!
+//! Temporary failures (429, 5xx, time-outs, connection errors) are retried per step with capped
+//! exponential backoff and full jitter; `Retry-After` pauses every request, and a 429 also lowers the
+//! request rate for a while. What is left after the retry budget stays queued (the drain stops, the
+//! next drain resumes at the same operation, keeping per-object order). Permanent failures of one
+//! operation (BadInput) quarantine it and the drain goes on; Fatal failures (credentials, TLS, store)
+//! stop the drain.
+//!
+//! Errors never carry request bodies, and the password path ([`Executor::set_password`]) never logs or
+//! stores the password.
+
+mod error;
+mod ops;
+mod pace;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+pub use error::ExecError;
+pub use pace::{RateLimits, RetryPolicy};
+
+use crate::cloud::{CloudClient, JcUser, PAGE_LIMIT};
+use crate::disposition::{Classified, Disposition};
+use crate::model::{Anchor, LinkEffect, Op};
+use crate::secret::Secret;
+use crate::store::{Store, StoreError};
+use pace::{Backoff, Pacer};
+
+/// How the executor paces and retries, and what it binds new objects to.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    pub rate: RateLimits,
+    pub retry: RetryPolicy,
+    /// The JumpCloud Active Directory instance users and groups are associated with (created, taken
+    /// over: add; `RemoveUser` with `Unbind`: remove). `None`: no associations are made.
+    pub ad_instance_id: Option<String>,
+    /// How many queued operations a drain reads at once.
+    pub batch: usize,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            rate: RateLimits::default(),
+            retry: RetryPolicy::default(),
+            ad_instance_id: None,
+            batch: 100,
+        }
+    }
+}
+
+/// What one drain did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    pub completed: u64,
+    /// Operations moved to the quarantine, with their error.
+    pub quarantined: Vec<(u64, String)>,
+    /// The drain stopped because shutdown was asked for (operations may remain queued).
+    pub interrupted: bool,
+}
+
+/// Request counters since the executor was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecStats {
+    pub requests: u64,
+    pub throttled: u64,
+}
+
+/// Runs JumpCloud operations. Cheap to clone (shared state inside).
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: CloudClient,
+    store: Store,
+    pacer: Pacer,
+    config: ExecutorConfig,
+}
+
+impl Executor {
+    pub fn new(client: CloudClient, store: Store, config: ExecutorConfig) -> Executor {
+        let pacer = Pacer::new(&config.rate, &config.retry);
+        Executor {
+            inner: Arc::new(Inner {
+                client,
+                store,
+                pacer,
+                config,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn stats(&self) -> ExecStats {
+        ExecStats {
+            requests: self.inner.pacer.requests.load(Ordering::Relaxed),
+            throttled: self.inner.pacer.throttled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Executes one operation (with retries) and returns how the links change. Does not touch the
+    /// outbox: [`Executor::drain`] records the result.
+    pub async fn run(&self, seq: u64, op: &Op) -> Result<LinkEffect, ExecError> {
+        self.run_with(seq, op, None).await
+    }
+
+    async fn run_with(
+        &self,
+        seq: u64,
+        op: &Op,
+        shutdown: Option<&watch::Receiver<bool>>,
+    ) -> Result<LinkEffect, ExecError> {
+        let run = ops::OpRun {
+            ex: self,
+            what: describe(seq, op),
+            shutdown,
+        };
+        run.execute(op).await
+    }
+
+    /// Runs the queued operations in sequence order until the outbox is empty, shutdown is asked for
+    /// (`true` on the channel), or an operation fails in a way that must stop the drain: Fatal (an
+    /// operator must act) or a temporary failure that outlasted the retry budget (left queued).
+    /// Operations that fail with BadInput are quarantined and the drain continues.
+    pub async fn drain(&self, shutdown: &watch::Receiver<bool>) -> Result<DrainReport, ExecError> {
+        let mut report = DrainReport::default();
+        let batch = self.inner.config.batch.max(1);
+        let mut after = None;
+        loop {
+            let pending = self.inner.store.pending_ops(after, batch)?;
+            if pending.is_empty() {
+                return Ok(report);
+            }
+            for (seq, op) in pending {
+                after = Some(seq);
+                if *shutdown.borrow() {
+                    report.interrupted = true;
+                    return Ok(report);
+                }
+                match self.run_with(seq, &op, Some(shutdown)).await {
+                    Ok(effect) => {
+                        self.blocking(move |s| s.complete_op(seq, &effect)).await?;
+                        report.completed += 1;
+                        tracing::debug!(seq, "operation completed");
+                    }
+                    Err(ExecError::Shutdown) => {
+                        report.interrupted = true;
+                        return Ok(report);
+                    }
+                    Err(e) => match e.disposition() {
+                        Disposition::BadInput => {
+                            let text = e.to_string();
+                            tracing::warn!(seq, error = %text, "operation quarantined");
+                            let t = text.clone();
+                            self.blocking(move |s| s.quarantine_op(seq, &t)).await?;
+                            report.quarantined.push((seq, text));
+                        }
+                        Disposition::Fatal => {
+                            tracing::error!(seq, error = %e, "drain stopped");
+                            return Err(e);
+                        }
+                        Disposition::Retry
+                        | Disposition::Throttled { .. }
+                        | Disposition::FailOver => {
+                            tracing::warn!(seq, error = %e, "drain paused; the operation stays queued");
+                            return Err(e);
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Sets the password of the JumpCloud user linked to `anchor` (the password path does not go
+    /// through the outbox: passwords are never stored). A policy violation is BadInput naming the rules.
+    pub async fn set_password(&self, anchor: &Anchor, password: &Secret) -> Result<(), ExecError> {
+        let what = format!("SetPassword {anchor}");
+        let link = self
+            .inner
+            .store
+            .link(anchor)?
+            .ok_or_else(|| ExecError::MissingLink {
+                op: what.clone(),
+                role: "user",
+                anchor: anchor.clone(),
+            })?;
+        let retry = &self.inner.config.retry;
+        let mut backoff = Backoff::new(retry, None);
+        loop {
+            let result = self
+                .request(
+                    &what,
+                    self.inner.client.set_password(&link.jumpcloud_id, password),
+                )
+                .await;
+            match result {
+                Ok(()) => return Ok(()),
+                // An earlier attempt that failed ambiguously (5xx, time-out) may have set it: the same
+                // password then violates only the history rule.
+                Err(ExecError::Cloud {
+                    source:
+                        crate::cloud::CloudError::Rejected {
+                            status: 400,
+                            message,
+                            ..
+                        },
+                    ..
+                }) if backoff.failures() > 0
+                    && message.contains("passwordHistory")
+                    && !message.contains(',') =>
+                {
+                    return Ok(())
+                }
+                Err(e) => backoff.retry_after_failure(e).await?,
+            }
+        }
+    }
+
+    /// Every JumpCloud user, page by page through the rate limiter (each page retried on its own).
+    pub async fn list_users(&self) -> Result<Vec<JcUser>, ExecError> {
+        let mut out: Vec<JcUser> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut skip = 0;
+        loop {
+            let mut backoff = Backoff::new(&self.inner.config.retry, None);
+            let page = loop {
+                match self
+                    .request("ListUsers", self.inner.client.list_users_page(skip))
+                    .await
+                {
+                    Ok((page, _)) => break page,
+                    Err(e) => backoff.retry_after_failure(e).await?,
+                }
+            };
+            let n = page.len();
+            skip += n;
+            out.extend(page.into_iter().filter(|u| seen.insert(u.id.clone())));
+            if n < PAGE_LIMIT {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// One JumpCloud request through the pacer, errors tagged with the operation.
+    async fn request<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, crate::cloud::CloudError>>,
+    ) -> Result<T, ExecError> {
+        self.inner
+            .pacer
+            .request(fut)
+            .await
+            .map_err(|source| ExecError::Cloud {
+                op: what.to_owned(),
+                source,
+            })
+    }
+
+    /// A store write on a blocking thread (each commit waits for fsync).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ExecError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| ExecError::Task(e.to_string()))?
+            .map_err(ExecError::from)
+    }
+}
+
+/// `"#12 CreateUser alpha/<guid> (jdoe)"`: what error messages and logs name.
+fn describe(seq: u64, op: &Op) -> String {
+    let detail = match op {
+        Op::CreateUser { user } => format!("CreateUser {} ({})", user.anchor, user.username),
+        Op::TakeOverUser { user, jumpcloud_id } => format!(
+            "TakeOverUser {} ({} -> JumpCloud user {jumpcloud_id})",
+            user.anchor, user.username
+        ),
+        Op::UpdateUser { user } => format!("UpdateUser {} ({})", user.anchor, user.username),
+        Op::RemoveUser { anchor, action } => format!("RemoveUser {anchor} ({action:?})"),
+        Op::CreateGroup { group } => format!("CreateGroup {} ({})", group.anchor, group.name),
+        Op::RenameGroup { anchor, name } => format!("RenameGroup {anchor} (to {name})"),
+        Op::DeleteGroup { anchor } => format!("DeleteGroup {anchor}"),
+        Op::AddMember { group, user } => format!("AddMember {user} to {group}"),
+        Op::RemoveMember { group, user } => format!("RemoveMember {user} from {group}"),
+    };
+    format!("#{seq} {detail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The executor is shared between tasks and its futures may move between threads.
+    #[allow(dead_code)]
+    fn executor_and_its_futures_are_send(ex: &Executor, rx: &watch::Receiver<bool>, op: &Op) {
+        fn send_sync<T: Send + Sync + Clone>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        send_sync(ex);
+        send_sync(ex.store());
+        send(ex.drain(rx));
+        send(ex.run(1, op));
+        send(ex.set_password(op.subject(), &Secret::new("x")));
+    }
+
+    #[test]
+    fn operations_are_described_by_sequence_kind_anchor_and_name() {
+        let anchor = Anchor {
+            domain: "alpha".into(),
+            guid: crate::model::ObjectGuid::from_bytes(&[1; 16]).unwrap(),
+        };
+        let d = describe(
+            7,
+            &Op::AddMember {
+                group: anchor.clone(),
+                user: anchor.clone(),
+            },
+        );
+        assert_eq!(d, format!("#7 AddMember {anchor} to {anchor}"));
+    }
+}
