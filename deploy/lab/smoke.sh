@@ -24,7 +24,8 @@ smoke_cleanup() {
     item=${SMOKE_CLEANUP[$i]}
     inst=${item%%|*}
     dn=${item#*|}
-    ldapdelete "${ADMIN_ARGS_alpha[@]/__IP__/${IP[$inst]}}" "$dn" >/dev/null 2>&1 || true
+    ldapdelete -x -o nettimeout=5 -H "ldaps://${IP[$inst]}" -D "CN=Administrator,CN=Users,${BASE[${DOMOF[$inst]}]}" \
+      -y "$(admin_pw_file)" "$dn" >/dev/null 2>&1 || true
   done
   [[ -n $SMOKE_TMP ]] && rm -rf "$SMOKE_TMP"
 }
@@ -50,6 +51,22 @@ expect_rc() { # name want
   [[ $RC == "$2" ]] || smoke_fail "$1" "expected LDAP result $2, got $RC"
 }
 
+# dirsync_as_svc DOMAIN INST FILTER [COOKIE]: DirSync as forestsync asks for it (flags 0x80000000
+# INCREMENTAL_VALUES, base = domain root); output in $SMOKE_TMP/out, the returned cookie in $COOKIE
+dirsync_as_svc() {
+  local dom=$1 inst=$2 filter=$3 cookie=${4:-}
+  as_svc "$dom" "$inst" ldapsearch -LLL -E "!dirSync=-2147483648/0${cookie:+/$cookie}" -b "${BASE[$dom]}" \
+    "$filter" isDeleted sAMAccountName
+  COOKIE=$(sed -n 's/^# cookie:: //p' "$SMOKE_TMP/out")
+}
+# has_tombstone SAM: $SMOKE_TMP/out holds SAM's tombstone (DN under CN=Deleted Objects, isDeleted TRUE)
+has_tombstone() {
+  # unwrap LDIF continuation lines first (long DNs are folded at 76 columns)
+  sed -e ':a' -e 'N' -e '$!ba' -e 's/\n //g' "$SMOKE_TMP/out" |
+    awk -v s="dn: CN=$1\\\\0ADEL:" 'index($0, s) == 1 && index($0, ",CN=Deleted Objects,") { d = 1 }
+      d && /^isDeleted: TRUE$/ { f = 1 } /^$/ { d = 0 } END { exit !f }'
+}
+
 hook_logged() { # account verdict [dc]
   awk -v a=" account=$1 " -v v=" verdict=$2 " -v d="${3:+ dc=$3 }" \
     'index($0, a) && index($0, v) && (d == "" || index($0, d)) { f = 1 } END { exit !f }' "$LAB_DIR/cps.log"
@@ -61,7 +78,6 @@ cmd_smoke() {
   export LDAPTLS_CACERT LDAPTLS_REQCERT=demand
   LDAPTLS_CACERT=$(ca_file)
   unset LDAPTLS_CERT LDAPTLS_KEY LDAPRC LDAPCONF 2>/dev/null || true
-  declare -ga ADMIN_ARGS_alpha=(-x -o nettimeout=5 -H "ldaps://__IP__" -D "CN=Administrator,CN=Users,${BASE[alpha]}" -y "$(admin_pw_file)")
   trap smoke_cleanup EXIT
 
   local capture=0
@@ -339,6 +355,51 @@ EOF
     grep -q "^dn: CN=$SVC," "$SMOKE_TMP/out" || smoke_fail "dirsync $dom" "DirSync result lacks $SVC itself"
   done
   smoke_ok "DirSync (1.2.840.113556.1.4.841) as $SVC returns the directory on alpha and beta"
+
+  # 13. DirSync as the service account returns tombstones (needs its read grant on CN=Deleted Objects:
+  # Samba, unlike Windows, checks that container even for a holder of Replicating Directory Changes).
+  # Cookie taken first; a user created and deleted after it in OU=ADI must come back as a tombstone
+  # from the incremental read, on ALPHA DC1, on ALPHA DC2 (replicated delete) and on BETA DC1. The
+  # filter is forestsync's, narrowed to the test account so the cookie is cheap on a well-used lab.
+  local c1 c2 cb fil t0
+  sam=smkdel$(printf '%04x%04x' $RANDOM $RANDOM)
+  fil="(&(sAMAccountName=$sam)(|(&(objectClass=user)(!(objectClass=computer)))(objectClass=group)))"
+  dirsync_as_svc alpha alpha-dc1 "$fil"
+  expect_rc "dirsync-deleted: cookie alpha-dc1" 0
+  c1=$COOKIE
+  dirsync_as_svc alpha alpha-dc2 "$fil"
+  expect_rc "dirsync-deleted: cookie alpha-dc2" 0
+  c2=$COOKIE
+  dirsync_as_svc beta beta-dc1 "$fil"
+  expect_rc "dirsync-deleted: cookie beta-dc1" 0
+  cb=$COOKIE
+  [[ -n $c1 && -n $c2 && -n $cb ]] || smoke_fail "dirsync-deleted: cookie" "DirSync returned no cookie"
+  for dom in alpha beta; do
+    inst=${dom}-dc1
+    dn="CN=$sam,OU=ADI,${BASE[$dom]}"
+    as_admin "$dom" "$inst" ldapadd <<EOF
+dn: $dn
+objectClass: user
+sAMAccountName: $sam
+EOF
+    expect_rc "dirsync-deleted: create $sam on $inst" 0
+    SMOKE_CLEANUP+=("$inst|$dn")
+    as_admin "$dom" "$inst" ldapdelete "$dn"
+    expect_rc "dirsync-deleted: delete $sam on $inst" 0
+    unset 'SMOKE_CLEANUP[-1]'
+  done
+  dirsync_as_svc alpha alpha-dc1 "$fil" "$c1"
+  expect_rc "dirsync-deleted alpha-dc1" 0
+  has_tombstone "$sam" || smoke_fail "dirsync-deleted alpha-dc1" "incremental DirSync as $SVC lacks the tombstone of $sam (grant on CN=Deleted Objects missing? run: lab grant-deleted-objects)"
+  dirsync_as_svc beta beta-dc1 "$fil" "$cb"
+  expect_rc "dirsync-deleted beta-dc1" 0
+  has_tombstone "$sam" || smoke_fail "dirsync-deleted beta-dc1" "incremental DirSync as $SVC lacks the tombstone of $sam (grant on CN=Deleted Objects missing? run: lab grant-deleted-objects)"
+  t0=$SECONDS
+  until dirsync_as_svc alpha alpha-dc2 "$fil" "$c2" && [[ $RC == 0 ]] && has_tombstone "$sam"; do
+    ((SECONDS - t0 < 30)) || smoke_fail "dirsync-deleted alpha-dc2" "no tombstone of $sam from incremental DirSync as $SVC on alpha-dc2 within 30 s"
+    sleep 1
+  done
+  smoke_ok "$SVC sees deletions through DirSync: tombstone of a user deleted after the cookie on alpha-dc1, alpha-dc2 (replicated, ~$((SECONDS - t0))s) and beta-dc1"
 
   smoke_cleanup
   SMOKE_CLEANUP=()

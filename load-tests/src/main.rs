@@ -86,6 +86,8 @@ async fn emulator(seconds: u64, concurrency: usize, users: usize, http: bool) ->
                 let body = json!({"username": format!("load{n}"), "email": format!("load{n}@example.test"), "firstname": "Load", "lastname": format!("User{n}")});
                 let r = client.post(format!("{base}/api/systemusers")).header("x-api-key", KEY).json(&body).send().await?;
                 anyhow::ensure!(r.status().is_success(), "create: {}", r.status());
+                // Read the body: dropping an unread HTTP/2 response makes the client reset the stream.
+                r.bytes().await?;
                 Ok(true)
             }
         }

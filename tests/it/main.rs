@@ -8,6 +8,7 @@
 mod check_command;
 mod delivery;
 mod directory_reads;
+mod disruptive;
 mod emulator;
 mod import_mode;
 mod lab_dcs;

@@ -11,9 +11,12 @@
 //! resets and, at 1024 per connection, gives up with GOAWAY ENHANCE_YOUR_CALM "too_many_internal_resets".
 //!
 //! Polling the stream tasks in the connection's task (never concurrently with the connection itself) means a
-//! response's HEADERS and its body are always queued together before the next write, so a small response
-//! leaves in one flush and arrives with END_STREAM. The request handlers themselves still run on the
-//! multi-threaded runtime (see `server::serve_io`), so this costs no parallelism.
+//! response's HEADERS and its body are always queued together; `ConnTasks::run` lets the connection write
+//! them right after the task that queued them (h2 would otherwise interleave the frames of all ready
+//! responses round-robin: every HEADERS first, then every body), and `coalesce` sends what was written in
+//! one poll as one write. A response thus arrives with its END_STREAM, whatever the client does with it.
+//! The request handlers themselves still run as their own tokio tasks (see `server::serve_io`), so requests
+//! on one connection keep running in parallel.
 
 use std::future::Future;
 use std::pin::Pin;
