@@ -530,9 +530,7 @@ async fn leaving_scope_applies_each_dissociation_action() {
                 wait_for(&emu, &agent, SYNC, "3 users unbound and kept", |s| {
                     gone.iter()
                         .all(|u| user(s, u).is_some_and(|u| u["state"] == "ACTIVATED"))
-                        && agent.log().matches("RemoveUser").count()
-                            + agent.log().matches("unbound").count()
-                            >= 1
+                        && agent.log().matches("queued unbind user").count() == 3
                 })
                 .await
             }
@@ -774,4 +772,88 @@ async fn the_mass_removal_guard_stops_a_bulk_removal_until_approved() {
     })
     .await;
     c.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_set_in_ad_reaches_jumpcloud_and_a_refused_one_never_does() {
+    let Some(lab) = support::lab() else { return };
+    let _one_hook_at_a_time = crate::password_capture::HOOK_LOCK.lock().await;
+    let mut c = Corner::new(lab, &lab.alpha, "pwe").await;
+    let sam = unique("pwe");
+    let dn = c.person(&sam).await;
+    let root = c.root.clone();
+    c.add_member(&root, &dn).await;
+    let (emu, agent) = running(lab, &c, "pwe", "", jcemu::Config::default()).await;
+    wait_for(&emu, &agent, SYNC, "user created", |s| {
+        user(s, &sam).is_some()
+    })
+    .await;
+    let id = user(&emu.state(), &sam).unwrap()["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let password_date = |s: &Value| -> Option<String> {
+        s["passwords"]
+            .as_array()?
+            .iter()
+            .find(|p| p["user_id"] == id.as_str())
+            .and_then(|p| p["password_date"].as_str().map(str::to_owned))
+    };
+    assert_eq!(password_date(&emu.state()), None);
+
+    let passthrough = agent.dir.join("passthrough.toml");
+    std::fs::write(&passthrough, "[passwords]\nenforce_jumpcloud_policy = false\nsocket = \"passthrough/none.sock\"\nspool_dir = \"passthrough/spool\"\nkey_file = \"passthrough/password.key\"\n").unwrap();
+    let _hook =
+        crate::password_capture::HookGuard::install_routing(&sam, &agent.config, &passthrough)
+            .await;
+
+    // An admin reset over LDAPS: captured by the hook, confirmed by pwdLastSet, set in JumpCloud.
+    let password = format!("Str0ng!{}x", unique(""));
+    let started = Instant::now();
+    set_password(&mut c.admin, &dn, &password)
+        .await
+        .expect("AD accepts a strong password");
+    let took = wait_for(&emu, &agent, SYNC, "password set in JumpCloud", |s| {
+        password_date(s).is_some()
+    })
+    .await;
+    eprintln!(
+        "password change reached JumpCloud {:?} after the LDAP modify returned",
+        started.elapsed().min(took)
+    );
+    let first = password_date(&emu.state());
+    let log = agent.log();
+    assert!(
+        !log.contains(&password),
+        "the password appears in the agent log"
+    );
+
+    // Refused by AD (complexity) and by the JumpCloud policy at the DC: never forwarded.
+    for weak in ["aaaaaaaa1", "Abcdefgh12"] {
+        let err = set_password(&mut c.admin, &dn, weak)
+            .await
+            .expect_err("the hook must refuse it");
+        assert!(err.to_string().contains("0000052D"), "{err}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        password_date(&emu.state()),
+        first,
+        "a refused password reached JumpCloud"
+    );
+    c.cleanup().await;
+}
+
+async fn set_password(
+    admin: &mut DcSession,
+    dn: &str,
+    password: &str,
+) -> Result<(), forestsync_actors::directory::DirectoryError> {
+    let value = crate::password_capture::unicode_pwd(password);
+    admin
+        .modify(
+            dn,
+            vec![LdapMod::Replace(b"unicodePwd".to_vec(), [value].into())],
+        )
+        .await
 }

@@ -31,7 +31,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_forestsync");
 /// Accounts the wrapper hands to the capture config; everything else passes through.
 const PREFIX: &str = "pwcap";
 
-static HOOK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static HOOK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn lab_dir() -> PathBuf {
     std::env::var_os("LAB_DIR")
@@ -132,13 +132,23 @@ fn write_private(path: &Path, text: &str) {
 }
 
 /// The wrapper in the lab's hook slot, for one test. Removed on drop (also when the test panics).
-struct HookGuard {
+pub(crate) struct HookGuard {
     path: PathBuf,
     _lock: std::fs::File,
 }
 
 impl HookGuard {
     async fn install(rig: &Rig) -> HookGuard {
+        HookGuard::install_routing(PREFIX, &rig.config, &rig.dir.join("passthrough.toml")).await
+    }
+
+    /// Installs the lab's `capture-password` hook for the duration of one test: accounts starting with
+    /// `prefix` go to `config`'s capture path, every other account to `passthrough` (complexity only).
+    pub(crate) async fn install_routing(
+        prefix: &str,
+        config: &Path,
+        passthrough: &Path,
+    ) -> HookGuard {
         let dir = hook_dir();
         let lock_path = dir.join(".capture-password.lock");
         let lock = std::fs::OpenOptions::new()
@@ -163,11 +173,11 @@ impl HookGuard {
              # Installed by forestsync's tests/it/password_capture.rs for one test; removed after it.\n\
              case \"$LAB_DC\" in beta-*) d=beta ;; *) d=alpha ;; esac\n\
              case \"$SAMBA_CPS_ACCOUNT_NAME\" in\n  \
-               {PREFIX}*) exec '{BIN}' capture-password --config '{}' --domain \"$d\" ;;\n\
+               {prefix}*) exec '{BIN}' capture-password --config '{}' --domain \"$d\" ;;\n\
              esac\n\
              exec '{BIN}' capture-password --config '{}' --domain \"$d\"\n",
-            rig.config.display(),
-            rig.dir.join("passthrough.toml").display()
+            config.display(),
+            passthrough.display()
         );
         let temp = dir.join(format!(".capture-password.{}", std::process::id()));
         std::fs::write(&temp, script).unwrap();
@@ -225,7 +235,7 @@ impl Drop for DeleteOnPanic {
     }
 }
 
-fn unicode_pwd(password: &str) -> Vec<u8> {
+pub(crate) fn unicode_pwd(password: &str) -> Vec<u8> {
     format!("\"{password}\"")
         .encode_utf16()
         .flat_map(|u| u.to_le_bytes())
