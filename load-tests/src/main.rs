@@ -12,6 +12,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+mod latency;
+
 #[derive(Parser)]
 #[command(
     name = "forestsync-load",
@@ -39,6 +41,18 @@ enum Scenario {
         #[arg(long)]
         http: bool,
     },
+    /// AD change → JumpCloud and AD password → JumpCloud latency on the lab (needs `deploy/lab/lab up`).
+    Latency {
+        /// Users in scope.
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+        /// Measured changes per scenario.
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// The forestsync binary to run as the agent (default: next to this program).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -50,6 +64,11 @@ async fn main() -> Result<()> {
             users,
             http,
         } => emulator(seconds, concurrency, users, http).await,
+        Scenario::Latency {
+            users,
+            changes,
+            agent,
+        } => latency::run(users, changes, agent).await,
     }
 }
 
