@@ -194,6 +194,20 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
             Err(e) => report.push(name, url, "change tracking", Verdict::Fail(e.to_string())),
         }
 
+        match session.can_read_deleted_objects(&domain.base_dn).await {
+            Ok(true) => report.push(name, url, "deletions visible", Verdict::Ok("CN=Deleted Objects readable: DirSync reports deletions".into())),
+            Ok(false) => report.push(
+                name,
+                url,
+                "deletions visible",
+                Verdict::Fail(format!(
+                    "{} cannot read CN=Deleted Objects, so deletions would be missed; fix: dsacls \"CN=Deleted Objects,{}\" /takeownership, then /G <DOMAIN>\\<service account>:LCRP",
+                    domain.bind_dn, domain.base_dn
+                )),
+            ),
+            Err(e) => report.push(name, url, "deletions visible", Verdict::Fail(e.to_string())),
+        }
+
         match session.read_entry(&domain.root_group_dn, &["objectClass", "groupType", "member"]).await {
             Ok(Some(entry)) => {
                 let is_group = entry

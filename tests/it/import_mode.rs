@@ -857,3 +857,89 @@ async fn set_password(
         )
         .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_shows_the_first_sync_and_writes_nothing() {
+    let Some(lab) = support::lab() else { return };
+    let mut c = Corner::new(lab, &lab.alpha, "plan").await;
+    let (a, b, nosn) = (unique("pa"), unique("pb"), unique("pn"));
+    let tag = unique("pg");
+    let g = c.group(&tag).await;
+    let root = c.root.clone();
+    c.add_member(&root, &g).await;
+    for sam in [&a, &b] {
+        let dn = c.person(sam).await;
+        c.add_member(&g, &dn).await;
+    }
+    let bad = c
+        .user(
+            &nosn,
+            &[
+                ("sAMAccountName", &nosn),
+                ("givenName", "No"),
+                ("mail", "n@example.test"),
+            ],
+        )
+        .await;
+    c.add_member(&root, &bad).await;
+    let emu = emulator(jcemu::Config::default()).await;
+    let dir = scratch("plan");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("forestsync.toml");
+    std::fs::write(
+        &config,
+        Agent::config_text(lab, &emu, &dir, &[("alpha", &lab.alpha, &c.root)], ""),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_forestsync"))
+        .args(["plan", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("--json prints one JSON document");
+    let ops = plan["operations"].as_array().unwrap();
+    let has = |action: &str, object: &str| {
+        ops.iter()
+            .any(|o| o["action"] == action && o["object"] == object)
+    };
+    assert!(has("create user", &a) && has("create user", &b), "{plan}");
+    assert!(has("create group", &tag), "{plan}");
+    assert_eq!(
+        ops.iter().filter(|o| o["action"] == "add member").count(),
+        2,
+        "{plan}"
+    );
+    assert!(
+        plan["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["dn"] == bad.as_str()),
+        "the user without a last name is listed: {plan}"
+    );
+    // Nothing written: no JumpCloud object, no agent state.
+    let state = emu.state();
+    assert!(
+        state["users"].as_array().unwrap().is_empty()
+            && state["usergroups"].as_array().unwrap().is_empty()
+    );
+    assert!(!dir.join("state").exists(), "plan created agent state");
+    let table = tokio::process::Command::new(env!("CARGO_BIN_EXE_forestsync"))
+        .args(["plan", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("create user") && text.contains(&a) && text.contains("nothing was written"),
+        "{text}"
+    );
+    c.cleanup().await;
+}

@@ -205,6 +205,7 @@ async fn an_account_without_replication_rights_cannot_run_dirsync() {
     let mut plain =
         support::bound_session(lab, &beta.dc_urls[0], &dn, &Secret::new(password)).await;
     let result = plain.probe_change_tracking_rights(&beta.base_dn).await;
+    let sees_deletions = plain.can_read_deleted_objects(&beta.base_dn).await;
     // Ordinary reads still work for it.
     let found = plain
         .search(
@@ -226,4 +227,14 @@ async fn an_account_without_replication_rights_cannot_run_dirsync() {
         "the error names the missing right: {err}"
     );
     assert!(found.is_ok());
+    assert!(
+        !sees_deletions.unwrap(),
+        "a plain account must not read CN=Deleted Objects"
+    );
+    let mut svc =
+        support::bound_session(lab, &beta.dc_urls[0], &beta.bind_dn, &beta.bind_password).await;
+    assert!(
+        svc.can_read_deleted_objects(&beta.base_dn).await.unwrap(),
+        "the lab's service account reads CN=Deleted Objects"
+    );
 }

@@ -322,6 +322,45 @@ impl DcSession {
             .map(|_| ())
     }
 
+    /// Whether the bound account can read `CN=Deleted Objects` (Show Deleted control): Samba, like a
+    /// locked-down Windows domain, hides tombstones from DirSync without it, and deletions would be missed.
+    pub async fn can_read_deleted_objects(&mut self, base: &str) -> Result<bool, DirectoryError> {
+        let show_deleted = ldap3::controls::RawControl {
+            ctype: "1.2.840.113556.1.4.417".into(),
+            crit: true,
+            val: None,
+        };
+        let dn = format!("CN=Deleted Objects,{base}");
+        let result = self
+            .ldap
+            .with_timeout(self.timeouts.operation)
+            .with_controls(show_deleted)
+            .search(&dn, Scope::Base, "(objectClass=*)", vec!["objectGUID"])
+            .await
+            .map_err(|e| {
+                DirectoryError::from_ldap(&self.endpoint.url, "Deleted Objects read", e)
+            })?;
+        match result.1.rc {
+            // Without Read Property the entry may still be listed, but with no attributes.
+            0 => Ok(result
+                .0
+                .into_iter()
+                .filter(|e| !is_reference(e))
+                .map(SearchEntry::construct)
+                .any(|e| {
+                    e.attrs.contains_key("objectGUID") || e.bin_attrs.contains_key("objectGUID")
+                })),
+            32 | 50 => Ok(false),
+            rc => Err(DirectoryError::from_result(
+                &self.endpoint.url,
+                "Deleted Objects read",
+                &dn,
+                rc,
+                &result.1.text,
+            )),
+        }
+    }
+
     /// Adds an object. Attribute values are bytes so binary values (unicodePwd) go through unchanged.
     pub async fn add(
         &mut self,
