@@ -536,15 +536,19 @@ async fn a_delete_is_reported_as_deleted_with_the_same_guid() {
              silently: the consumer removes the deleted object's memberships itself)"
         );
 
+        // The least-privilege service account sees the tombstone too, because the lab grants it List
+        // Contents + Read Property on CN=Deleted Objects (without that grant Samba hides tombstones).
         let (changes, _) = changes_since(&mut svc, &spec, &svc_cookie).await.unwrap();
-        assert!(
-            changes_of(&changes, &[guid]).is_empty(),
-            "the service account now sees tombstones through DirSync: switch this test to it \
-             and drop the note in directory/read.rs"
+        assert_eq!(
+            changes_of(&changes, &[guid]),
+            vec![&DirChange::Deleted { guid }],
+            "the service account must see the deletion through DirSync"
         );
-        // What it does see: the user is gone from a full read (present-set reconciliation works).
+        // A full read holds the user only as a tombstone, never as a live object.
         let (all, _) = changes_since(&mut svc, &spec, &[]).await.unwrap();
-        assert!(changes_of(&all, &[guid]).is_empty());
+        assert!(changes_of(&all, &[guid])
+            .iter()
+            .all(|c| matches!(c, DirChange::Deleted { .. })));
         let (full, _) = full_read(&mut svc, &spec).await.unwrap();
         let MemberDelta::Replace(members) = &only_upsert(&full, group_guid, "full").members else {
             panic!("full read replaces members")

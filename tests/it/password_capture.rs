@@ -589,7 +589,7 @@ async fn samba_tool_setpassword_and_kpasswd_changes_are_captured() {
         .arg(format!("--newpassword={second}"))
         .args([
             "-H",
-            "ldap://127.0.0.2",
+            &format!("ldap://{}", dc1_host(lab)),
             "-U",
             "Administrator",
             "--use-kerberos=off",
@@ -611,10 +611,13 @@ async fn samba_tool_setpassword_and_kpasswd_changes_are_captured() {
     // kpasswd (Kerberos change protocol, a self change). The domain's minimum password age (1 day)
     // blocks self changes right after a reset; "must change at next logon" (pwdLastSet = 0) lifts it.
     let krb5 = rig.dir.join("krb5.conf");
+    let dc = dc1_host(lab);
     write_private(
         &krb5,
-        "[libdefaults]\n\tdefault_realm = ALPHA.TEST\n\tdns_lookup_realm = false\n\tdns_lookup_kdc = false\n\trdns = false\n\
-         [realms]\n\tALPHA.TEST = {\n\t\tkdc = 127.0.0.2\n\t\tkpasswd_server = 127.0.0.2\n\t\tadmin_server = 127.0.0.2\n\t}\n",
+        &format!(
+            "[libdefaults]\n\tdefault_realm = ALPHA.TEST\n\tdns_lookup_realm = false\n\tdns_lookup_kdc = false\n\trdns = false\n\
+             [realms]\n\tALPHA.TEST = {{\n\t\tkdc = {dc}\n\t\tkpasswd_server = {dc}\n\t\tadmin_server = {dc}\n\t}}\n"
+        ),
     );
     let kpasswd = |old: &str, new: &str| {
         let mut cmd = tokio::process::Command::new("kpasswd");
@@ -818,4 +821,12 @@ async fn the_hook_program_rejects_with_one_line_and_otherwise_delivers_or_spools
     let (out, _) = run(rig.dir.join("missing.toml"), "Good-Passw0rd-4!").await;
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOT captured"));
+}
+
+/// ALPHA DC1's address, from the lab's URL (the lab can run on other loopback addresses: LAB_NET).
+fn dc1_host(lab: &Lab) -> String {
+    url::Url::parse(&lab.alpha.dc_urls[0])
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .expect("lab DC URL has a host")
 }

@@ -28,16 +28,16 @@
 //!   tombstone, DN `CN=<name>\0ADEL:<guid>,CN=Deleted Objects,<domain>`, `isDeleted: TRUE`, the same
 //!   objectGUID, `name`, `parentGUID`; no `objectClass`. The groups the object was in are **not**
 //!   reported (the link removal never shows): drop a deleted object's memberships locally.
-//!   **As the service account (Replicating Directory Changes only): nothing at all.** Samba's
-//!   DirSync stays subject to the read ACL of `CN=Deleted Objects` (Windows returns tombstones to
-//!   holders of the right), so on Samba deletions reach a least-privilege agent only through a
-//!   present-set comparison (the object is missing from a [`full_read`]).
+//!   **A service account with only Replicating Directory Changes sees nothing at all**: Samba's
+//!   DirSync stays subject to the read ACL of `CN=Deleted Objects`. The service account therefore
+//!   also needs List Contents + Read Property on that container (the lab grants it; on Windows
+//!   `dsacls … /G svc:LCRP`), and `forestsync check` reports when it is missing.
 //! - **`description` changed while not requested:** nothing (the object does not appear).
 //! - **Disable (userAccountControl 544 → 546):** the user with `userAccountControl: 546` only.
 //! - **Cookies:** a cookie taken on ALPHA DC1 works on DC2 (it carries an up-to-dateness vector):
 //!   DC2 returned just the changed group, no resend. A cookie Samba cannot parse is refused with
 //!   `unavailableCriticalExtension` (12), "Unable to unmarshall cookie" (`DirectoryError::Refused`
-//!   with `rc: 12`): the caller should treat it as "cookie rejected, full read needed".
+//!   with `rc: 12`): the domain actor treats it as "cookie rejected" and reads the domain in full.
 //!
 //! Range retrieval on Samba: a window that reaches the last value is labelled `low-*` (3 values,
 //! `member;range=0-2` → `member;range=0-*`); a window starting past the end returns no attribute;
