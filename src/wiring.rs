@@ -156,16 +156,14 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
             .map_err(setup("password capture socket"))?;
     let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<String>(256);
 
-    let coordinator_ctx = Context::<ImportCoordinator>::new();
-    let coordinator = coordinator_ctx.address();
-    let api = ApiActor::new(executor, Some(coordinator.clone().recipient())).start();
-    coordinator_ctx.run(ImportCoordinator::new(
-        engine,
-        api,
-        PendingPasswords::new(passwords.confirm_window),
-        ack_tx,
-    ));
-
+    // Supervised: a coordinator or API actor that fails is restarted and reloads its state from the store.
+    let pending = PendingPasswords::new(passwords.confirm_window);
+    let coordinator = Supervisor::start(move |ctx: &mut Context<ImportCoordinator>| {
+        let report_to = ctx.address().recipient();
+        let api =
+            Supervisor::start(move |_| ApiActor::new(executor.clone(), Some(report_to.clone())));
+        ImportCoordinator::new(engine, api, pending, ack_tx)
+    });
     let captured_to = coordinator.clone();
     actix::spawn(async move {
         loop {

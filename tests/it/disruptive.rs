@@ -62,6 +62,44 @@ impl Drop for Dc1Back {
     }
 }
 
+/// Creates a user in `ou` on the DC `session` is bound to and adds it to `root` there.
+async fn add_member_person(
+    session: &mut forestsync_actors::directory::DcSession,
+    ou: &str,
+    root: &str,
+    sam: &str,
+) -> String {
+    let dn = format!("CN={sam},{ou}");
+    session
+        .add(
+            &dn,
+            vec![
+                support::attr(
+                    "objectClass",
+                    &["top", "person", "organizationalPerson", "user"],
+                ),
+                support::attr("userAccountControl", &["544"]),
+                support::attr("sAMAccountName", &[sam]),
+                support::attr("givenName", &["Fail"]),
+                support::attr("sn", &["Over"]),
+                support::attr("mail", &[&format!("{sam}@example.test")]),
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create {dn}: {e}"));
+    session
+        .modify(
+            root,
+            vec![forestsync_actors::directory::LdapMod::Add(
+                b"member".to_vec(),
+                [dn.as_bytes().to_vec()].into(),
+            )],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("add {dn} to {root}: {e}"));
+    dn
+}
+
 async fn failover_case(lab: &'static Lab, hang: bool) {
     let mut c = Corner::new(lab, &lab.alpha, if hang { "hang" } else { "down" }).await;
     let (before, during, after) = (unique("b"), unique("d"), unique("a"));
@@ -88,32 +126,7 @@ async fn failover_case(lab: &'static Lab, hang: bool) {
     }
     // A change made on DC2 while DC1 is unusable.
     let mut dc2 = support::admin_session(lab, &lab.alpha, &lab.alpha.dc_urls[1]).await;
-    let dn = format!("CN={during},{}", c.ou);
-    dc2.add(
-        &dn,
-        vec![
-            support::attr(
-                "objectClass",
-                &["top", "person", "organizationalPerson", "user"],
-            ),
-            support::attr("userAccountControl", &["544"]),
-            support::attr("sAMAccountName", &[&during]),
-            support::attr("givenName", &["During"]),
-            support::attr("sn", &["Outage"]),
-            support::attr("mail", &[&format!("{during}@example.test")]),
-        ],
-    )
-    .await
-    .unwrap();
-    dc2.modify(
-        &root,
-        vec![forestsync_actors::directory::LdapMod::Add(
-            b"member".to_vec(),
-            [dn.as_bytes().to_vec()].into(),
-        )],
-    )
-    .await
-    .unwrap();
+    let dn = add_member_person(&mut dc2, &c.ou, &root, &during).await;
     let changed = Instant::now();
     let took = wait_for(
         &emu,
@@ -141,32 +154,7 @@ async fn failover_case(lab: &'static Lab, hang: bool) {
         lab_cmd(&["start-dc", "alpha-dc1"]);
     }
     let mut dc1 = support::admin_session(lab, &lab.alpha, &lab.alpha.dc_urls[0]).await;
-    let dn2 = format!("CN={after},{}", c.ou);
-    dc1.add(
-        &dn2,
-        vec![
-            support::attr(
-                "objectClass",
-                &["top", "person", "organizationalPerson", "user"],
-            ),
-            support::attr("userAccountControl", &["544"]),
-            support::attr("sAMAccountName", &[&after]),
-            support::attr("givenName", &["After"]),
-            support::attr("sn", &["Return"]),
-            support::attr("mail", &[&format!("{after}@example.test")]),
-        ],
-    )
-    .await
-    .unwrap();
-    dc1.modify(
-        &root,
-        vec![forestsync_actors::directory::LdapMod::Add(
-            b"member".to_vec(),
-            [dn2.as_bytes().to_vec()].into(),
-        )],
-    )
-    .await
-    .unwrap();
+    let dn2 = add_member_person(&mut dc1, &c.ou, &root, &after).await;
     wait_for(
         &emu,
         &agent,

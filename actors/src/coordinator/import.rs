@@ -94,6 +94,17 @@ impl ImportEngine {
         Ok(engine)
     }
 
+    /// Reloads everything from the store (after a restart of the coordinator: memory is not trusted).
+    pub fn reload(&mut self) -> Result<(), EngineError> {
+        let fresh = ImportEngine::load(
+            self.settings.clone(),
+            self.store.clone(),
+            std::mem::take(&mut self.jumpcloud_users),
+        )?;
+        *self = fresh;
+        Ok(())
+    }
+
     /// Rebuilds the expected links from the store: what was applied, plus every queued operation.
     pub fn refresh_expected(&mut self) -> Result<(), EngineError> {
         let mut links: BTreeMap<Anchor, Link> = self
@@ -427,6 +438,14 @@ impl Actor for ImportCoordinator {
                 act.ack(id);
             }
         });
+    }
+}
+
+impl Supervised for ImportCoordinator {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        if let Err(e) = self.engine.reload() {
+            tracing::error!(error = %e, "coordinator restart: cannot reload state from the store");
+        }
     }
 }
 
