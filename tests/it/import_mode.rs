@@ -821,8 +821,47 @@ async fn a_password_set_in_ad_reaches_jumpcloud_and_a_refused_one_never_does() {
         "password change reached JumpCloud {:?} after the LDAP modify returned",
         started.elapsed().min(took)
     );
+    let after_ldap = password_date(&emu.state());
+
+    // samba-tool (an admin reset through Samba's own tooling, sealed LDAP bind): reaches JumpCloud too.
+    let second = format!("Sec0nd!{}x", unique(""));
+    let out = tokio::process::Command::new("samba-tool")
+        .args(["user", "setpassword", &sam])
+        .arg(format!("--newpassword={second}"))
+        .args([
+            "-H",
+            &format!("ldap://{}", crate::password_capture::dc1_host(lab)),
+            "-U",
+            "Administrator",
+            "--use-kerberos=off",
+        ])
+        .env(
+            "SMB_CONF_PATH",
+            crate::password_capture::lab_dir().join("client/smb.conf"),
+        )
+        .env("PASSWD", lab.admin_password.expose())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "samba-tool user setpassword: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &emu,
+        &agent,
+        SYNC,
+        "samba-tool's password set in JumpCloud",
+        |s| password_date(s) != after_ldap,
+    )
+    .await;
     let first = password_date(&emu.state());
     let log = agent.log();
+    assert!(
+        !log.contains(&second),
+        "the password appears in the agent log"
+    );
     assert!(
         !log.contains(&password),
         "the password appears in the agent log"

@@ -33,7 +33,7 @@ const PREFIX: &str = "pwcap";
 
 pub(crate) static HOOK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn lab_dir() -> PathBuf {
+pub(crate) fn lab_dir() -> PathBuf {
     std::env::var_os("LAB_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| support::repo_root().join("lab-state"))
@@ -824,7 +824,7 @@ async fn the_hook_program_rejects_with_one_line_and_otherwise_delivers_or_spools
 }
 
 /// ALPHA DC1's address, from the lab's URL (the lab can run on other loopback addresses: LAB_NET).
-fn dc1_host(lab: &Lab) -> String {
+pub(crate) fn dc1_host(lab: &Lab) -> String {
     url::Url::parse(&lab.alpha.dc_urls[0])
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
