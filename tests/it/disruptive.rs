@@ -26,10 +26,11 @@ fn dc_pids(instance: &str) -> Vec<String> {
     let lab_dir = std::env::var("LAB_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| support::repo_root().join("lab-state"));
-    let master = std::fs::read_to_string(lab_dir.join(instance).join("run/samba.pid"))
-        .expect("DC pid file")
-        .trim()
-        .to_owned();
+    // A stopped DC has no pid file: nothing to signal.
+    let Ok(master) = std::fs::read_to_string(lab_dir.join(instance).join("run/samba.pid")) else {
+        return Vec::new();
+    };
+    let master = master.trim().to_owned();
     let ps = Command::new("ps")
         .args(["-eo", "pid=,sid="])
         .output()
@@ -118,6 +119,21 @@ async fn failover_case(lab: &'static Lab, hang: bool) {
     })
     .await;
 
+    // DC2 must hold this test's OU and root group before DC1 goes away (replication takes seconds).
+    let mut dc2 = support::admin_session(lab, &lab.alpha, &lab.alpha.dc_urls[1]).await;
+    let replicated = Instant::now();
+    while dc2
+        .read_entry(&root, &["member"])
+        .await
+        .unwrap()
+        .is_none_or(|e| !e.attrs.contains_key("member"))
+    {
+        assert!(
+            replicated.elapsed() < Duration::from_secs(90),
+            "DC2 did not receive the test's objects within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let _restore = Dc1Back;
     if hang {
         signal_dc("alpha-dc1", "-STOP");
@@ -125,7 +141,6 @@ async fn failover_case(lab: &'static Lab, hang: bool) {
         lab_cmd(&["stop-dc", "alpha-dc1"]);
     }
     // A change made on DC2 while DC1 is unusable.
-    let mut dc2 = support::admin_session(lab, &lab.alpha, &lab.alpha.dc_urls[1]).await;
     let dn = add_member_person(&mut dc2, &c.ou, &root, &during).await;
     let changed = Instant::now();
     let took = wait_for(
