@@ -856,11 +856,69 @@ async fn a_password_set_in_ad_reaches_jumpcloud_and_a_refused_one_never_does() {
         |s| password_date(s) != after_ldap,
     )
     .await;
+    let after_samba_tool = password_date(&emu.state());
+
+    // kpasswd (Kerberos change protocol, the user's own change). The domain's minimum password age
+    // blocks self changes right after a reset; "must change at next logon" (pwdLastSet = 0) lifts it.
+    let dc = crate::password_capture::dc1_host(lab);
+    let krb5 = agent.dir.join("krb5.conf");
+    std::fs::write(
+        &krb5,
+        format!(
+            "[libdefaults]\n\tdefault_realm = ALPHA.TEST\n\tdns_lookup_realm = false\n\tdns_lookup_kdc = false\n\trdns = false\n\
+             [realms]\n\tALPHA.TEST = {{\n\t\tkdc = {dc}\n\t\tkpasswd_server = {dc}\n\t\tadmin_server = {dc}\n\t}}\n"
+        ),
+    )
+    .unwrap();
+    let kpasswd = |old: &str, new: &str| {
+        let mut cmd = tokio::process::Command::new("kpasswd");
+        cmd.arg(format!("{sam}@ALPHA.TEST"))
+            .env("KRB5_CONFIG", &krb5)
+            .env(
+                "KRB5CCNAME",
+                format!("FILE:{}", agent.dir.join("ccache").display()),
+            );
+        (cmd, format!("{old}\n{new}\n{new}\n"))
+    };
+    crate::password_capture::set_must_change(&mut c.admin, &dn).await;
+    // Let the agent read the pwdLastSet = 0 first: a capture followed by pwdLastSet -> 0 counts as an
+    // admin reset with "must change", so the two must not race in this test.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let third = format!("Th1rd!{}x", unique(""));
+    let (cmd, input) = kpasswd(&second, &third);
+    let out = crate::password_capture::run_with_timeout(cmd, &input).await;
+    assert!(
+        out.status.success(),
+        "kpasswd: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &emu,
+        &agent,
+        SYNC,
+        "kpasswd's password set in JumpCloud",
+        |s| password_date(s) != after_samba_tool,
+    )
+    .await;
     let first = password_date(&emu.state());
+
+    // Back to a password in the history: the hook runs (Samba calls it before its history check) and
+    // accepts, AD refuses, pwdLastSet never moves: nothing may reach JumpCloud.
+    crate::password_capture::set_must_change(&mut c.admin, &dn).await;
+    // Let the agent read the pwdLastSet = 0 first: a capture followed by pwdLastSet -> 0 counts as an
+    // admin reset with "must change", so the two must not race in this test.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cmd, input) = kpasswd(&third, &second);
+    let out = crate::password_capture::run_with_timeout(cmd, &input).await;
+    assert!(
+        !out.status.success(),
+        "kpasswd back to a password in the history succeeded"
+    );
     let log = agent.log();
     assert!(
-        !log.contains(&second),
-        "the password appears in the agent log"
+        !log.contains(&second) && !log.contains(&third),
+        "a password appears in the agent log"
     );
     assert!(
         !log.contains(&password),

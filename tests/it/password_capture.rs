@@ -523,7 +523,10 @@ async fn with_the_agent_down_the_password_is_spooled_encrypted_and_delivered_aft
     admin.delete(&dn).await.unwrap();
 }
 
-async fn run_with_timeout(mut cmd: tokio::process::Command, stdin: &str) -> std::process::Output {
+pub(crate) async fn run_with_timeout(
+    mut cmd: tokio::process::Command,
+    stdin: &str,
+) -> std::process::Output {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -538,7 +541,7 @@ async fn run_with_timeout(mut cmd: tokio::process::Command, stdin: &str) -> std:
         .unwrap()
 }
 
-async fn set_must_change(s: &mut DcSession, dn: &str) {
+pub(crate) async fn set_must_change(s: &mut DcSession, dn: &str) {
     s.modify(
         dn,
         vec![LdapMod::Replace(
