@@ -144,10 +144,10 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
     tracing::info!(users = existing.len(), "JumpCloud users read");
     let engine = ImportEngine::load(import_settings(config), store, existing)
         .map_err(setup("loading state"))?;
-    let cookies: Vec<Vec<u8>> = config
+    let cookies: Vec<_> = config
         .domains
         .iter()
-        .map(|d| engine.cookie(&d.name))
+        .map(|d| (engine.cookie(&d.name), engine.dc_usns(&d.name)))
         .collect();
 
     let passwords = &config.passwords;
@@ -181,7 +181,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
         }
     });
 
-    for (d, cookie) in config.domains.iter().zip(cookies) {
+    for (d, (cookie, known)) in config.domains.iter().zip(cookies) {
         let tls = trust::client_config(d.ca_file.as_deref())
             .map_err(setup(&format!("domain {} CA", d.name)))?;
         let spec = Arc::new(read_spec(d));
@@ -208,7 +208,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
             dcs.push((url.clone(), addr));
         }
         let (name, recipient) = (d.name.clone(), coordinator.clone().recipient());
-        DomainActor::new(name, dcs, recipient, cookie, DomainTiming::default()).start();
+        DomainActor::new(name, dcs, recipient, cookie, known, DomainTiming::default()).start();
         tracing::info!(domain = %d.name, dcs = d.dcs.len(), "domain actor started");
     }
     Ok(())

@@ -12,7 +12,7 @@ use rustls::ClientConfig;
 use tokio::sync::Mutex;
 
 use crate::directory::read::{self, ReadSpec};
-use crate::directory::{DcEndpoint, DcSession, DirectoryError, RootDse, Timeouts};
+use crate::directory::{DcEndpoint, DcSession, DirectoryError, Timeouts};
 use crate::disposition::{Classified, Disposition};
 use crate::model::DirChange;
 use crate::secret::Secret;
@@ -33,6 +33,8 @@ pub struct DcActor {
     /// The open, bound session; `None` after an error that may have broken it (the next request reconnects).
     /// A mutex, not actor state, because requests run as futures outside the actor's `&mut self`.
     session: Arc<Mutex<Option<DcSession>>>,
+    /// The invocationId read on the current connection (cleared on reconnect).
+    invocation_id: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl DcActor {
@@ -55,6 +57,7 @@ impl DcActor {
             read_timeout,
             spec,
             session: Arc::new(Mutex::new(None)),
+            invocation_id: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -73,6 +76,7 @@ impl DcActor {
             + 'static,
     {
         let session = self.session.clone();
+        let invocation = self.invocation_id.clone();
         let (endpoint, tls, dn, pw, timeouts, spec) = (
             self.endpoint.clone(),
             self.tls.clone(),
@@ -84,6 +88,9 @@ impl DcActor {
         Box::pin(async move {
             let mut guard = session.lock().await;
             if guard.is_none() {
+                if let Ok(mut cached) = invocation.lock() {
+                    *cached = None;
+                }
                 let mut s = DcSession::connect(&endpoint, tls, timeouts).await?;
                 s.bind(&dn, &pw).await?;
                 *guard = Some(s);
@@ -114,16 +121,46 @@ impl Supervised for DcActor {
     }
 }
 
-/// Health probe and USN read: the rootDSE, with the operation timeout.
+/// What a probe learned about the DC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DcProbe {
+    pub usn: Option<u64>,
+    /// The DC's invocationId (its database identity): it changes when the DC is restored from backup.
+    pub invocation_id: Option<String>,
+}
+
+/// Health probe: the rootDSE (highestCommittedUSN), with the operation timeout, and the DC's
+/// invocationId (read once per connection).
 #[derive(Message)]
-#[rtype(result = "Result<RootDse, DirectoryError>")]
+#[rtype(result = "Result<DcProbe, DirectoryError>")]
 pub struct Probe;
 
 impl Handler<Probe> for DcActor {
-    type Result = ResponseFuture<Result<RootDse, DirectoryError>>;
+    type Result = ResponseFuture<Result<DcProbe, DirectoryError>>;
 
     fn handle(&mut self, _: Probe, _: &mut Context<Self>) -> Self::Result {
-        self.with_session(self.timeouts.operation, |s, _| Box::pin(s.root_dse()))
+        let known = self.invocation_id.clone();
+        self.with_session(self.timeouts.operation, move |s, _| {
+            Box::pin(async move {
+                let dse = s.root_dse().await?;
+                let cached = known.lock().map(|g| g.clone()).unwrap_or(None);
+                let invocation_id = match (cached, &dse.ds_service_name) {
+                    (Some(id), _) => Some(id),
+                    (None, Some(dsa)) => {
+                        let id = read::invocation_id(s, dsa).await?;
+                        if let Ok(mut g) = known.lock() {
+                            *g = Some(id.clone());
+                        }
+                        Some(id)
+                    }
+                    (None, None) => None,
+                };
+                Ok(DcProbe {
+                    usn: dse.highest_committed_usn,
+                    invocation_id,
+                })
+            })
+        })
     }
 }
 

@@ -4,13 +4,14 @@
 //! between the domain's DCs, so a failover needs no full re-read. Every batch goes to the
 //! coordinator; the cookie advances only when the coordinator has committed the batch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::dc::{DcActor, Probe, ReadChanges};
+use crate::dc::{DcActor, DcProbe, Probe, ReadChanges};
 use crate::directory::DirectoryError;
+use crate::model::DcUsn;
 use crate::model::DirChange;
 
 /// A batch of changes from one domain, to be committed with its watermark move.
@@ -25,6 +26,8 @@ pub struct DomainBatch {
     pub to: Vec<u8>,
     pub dc_url: String,
     pub usn: Option<u64>,
+    /// The DC's invocationId when the changes were read (kept with the USN in the watermark).
+    pub invocation_id: Option<String>,
     pub changes: Vec<DirChange>,
 }
 
@@ -56,6 +59,8 @@ pub struct DomainActor {
     dcs: Vec<(String, Addr<DcActor>)>,
     coordinator: Recipient<DomainBatch>,
     cookie: Vec<u8>,
+    /// Per DC URL, the invocationId and USN of the committed watermark.
+    known: BTreeMap<String, DcUsn>,
     timing: DomainTiming,
 }
 
@@ -65,6 +70,7 @@ impl DomainActor {
         dcs: Vec<(String, Addr<DcActor>)>,
         coordinator: Recipient<DomainBatch>,
         cookie: Vec<u8>,
+        known: BTreeMap<String, DcUsn>,
         timing: DomainTiming,
     ) -> Self {
         DomainActor {
@@ -72,6 +78,7 @@ impl DomainActor {
             dcs,
             coordinator,
             cookie,
+            known,
             timing,
         }
     }
@@ -86,6 +93,7 @@ impl Actor for DomainActor {
             self.dcs.clone(),
             self.coordinator.clone(),
             self.cookie.clone(),
+            self.known.clone(),
             self.timing.clone(),
         );
         ctx.spawn(run.into_actor(self).map(|_, _, ctx| ctx.stop()));
@@ -97,9 +105,9 @@ impl Supervised for DomainActor {}
 /// Pause between trying one DC and the next, so a domain with every DC down does not spin.
 const FAILOVER_PAUSE: Duration = Duration::from_millis(100);
 
-async fn probe(dc: &Addr<DcActor>, timeout: Duration) -> Result<Option<u64>, String> {
+async fn probe(dc: &Addr<DcActor>, timeout: Duration) -> Result<DcProbe, String> {
     match tokio::time::timeout(timeout, dc.send(Probe)).await {
-        Ok(Ok(Ok(dse))) => Ok(dse.highest_committed_usn),
+        Ok(Ok(Ok(p))) => Ok(p),
         Ok(Ok(Err(e))) => Err(e.to_string()),
         Ok(Err(e)) => Err(format!("DC actor unavailable: {e}")),
         Err(_) => Err(format!("no rootDSE answer within {timeout:?} (hung?)")),
@@ -111,9 +119,17 @@ async fn poll_loop(
     dcs: Vec<(String, Addr<DcActor>)>,
     coordinator: Recipient<DomainBatch>,
     mut cookie: Vec<u8>,
+    known: BTreeMap<String, DcUsn>,
     timing: DomainTiming,
 ) {
     let mut current = 0usize;
+    // Per DC URL: the invocationId last seen (from the store at start). A different one means the DC
+    // was restored or rebuilt: its USNs start over, so the domain is read in full (a reconcile, not a skip).
+    let mut invocations: HashMap<String, String> = known
+        .into_iter()
+        .filter(|(_, d)| !d.invocation_id.is_empty())
+        .map(|(url, d)| (url, d.invocation_id))
+        .collect();
     // Per DC: the highestCommittedUSN up to which changes were read (USNs are per DC).
     let mut seen: HashMap<usize, u64> = HashMap::new();
     let mut last_failback = Instant::now();
@@ -130,8 +146,18 @@ async fn poll_loop(
             }
         }
         let (url, dc) = &dcs[current];
-        let usn = match probe(dc, timing.probe_timeout).await {
-            Ok(usn) => usn,
+        let (usn, invocation_id) = match probe(dc, timing.probe_timeout).await {
+            Ok(p) => {
+                if let Some(now) = &p.invocation_id {
+                    if invocations.get(url).is_some_and(|before| before != now) {
+                        tracing::warn!(domain, dc = %url, "the DC's invocationId changed (restored or rebuilt): reading the domain in full");
+                        full_read_next = true;
+                        seen.remove(&current);
+                    }
+                    invocations.insert(url.clone(), now.clone());
+                }
+                (p.usn, p.invocation_id)
+            }
             Err(e) => {
                 fail_over(&domain, &dcs, &mut current, &e);
                 pending_read = true;
@@ -166,6 +192,7 @@ async fn poll_loop(
                             to: next.clone(),
                             dc_url: url.clone(),
                             usn,
+                            invocation_id: invocation_id.clone(),
                             changes,
                         };
                         match coordinator.send(batch).await {

@@ -435,6 +435,25 @@ async fn disable_suspends_enable_activates_and_rename_updates_the_same_user() {
         1,
         "a rename never creates a second user"
     );
+    // The committed watermark records, per DC used, its invocationId with the USN (restore detection).
+    let mut agent = agent;
+    agent.kill();
+    let store = forestsync_actors::store::Store::open(&agent.dir.join("state")).unwrap();
+    let (_, watermark) = store.load_domain("alpha").unwrap();
+    let watermark = watermark.expect("a committed watermark");
+    assert!(!watermark.dirsync_cookie.is_empty());
+    let dc1 = watermark
+        .dc_usns
+        .get(&lab.alpha.dc_urls[0])
+        .expect("DC1's USN is recorded");
+    assert!(
+        dc1.usn > 0
+            && dc1
+                .invocation_id
+                .parse::<forestsync_actors::model::ObjectGuid>()
+                .is_ok(),
+        "{dc1:?}"
+    );
     c.delete(&new_dn).await;
     c.delete(&sub).await;
     c.cleanup().await;

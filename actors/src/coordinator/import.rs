@@ -126,6 +126,15 @@ impl ImportEngine {
         Ok(())
     }
 
+    /// Per DC URL, the invocationId and USN recorded with the domain's committed watermark.
+    pub fn dc_usns(&self, domain: &str) -> BTreeMap<String, DcUsn> {
+        self.watermarks
+            .get(domain)
+            .and_then(|w| w.as_ref())
+            .map(|w| w.dc_usns.clone())
+            .unwrap_or_default()
+    }
+
     pub fn cookie(&self, domain: &str) -> Vec<u8> {
         self.watermarks
             .get(domain)
@@ -265,7 +274,7 @@ impl ImportEngine {
             dc_usns.insert(
                 batch.dc_url.clone(),
                 DcUsn {
-                    invocation_id: String::new(),
+                    invocation_id: batch.invocation_id.clone().unwrap_or_default(),
                     usn,
                 },
             );
