@@ -550,7 +550,7 @@ pub(crate) async fn set_must_change(s: &mut DcSession, dn: &str) {
         )],
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("set pwdLastSet = 0 on {dn}: {e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

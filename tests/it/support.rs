@@ -104,9 +104,10 @@ fn parse_exports(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Generous: the suite runs many tests against the same DCs at once (2,000-user loads included).
 pub const TIMEOUTS: Timeouts = Timeouts {
-    connect: Duration::from_secs(5),
-    operation: Duration::from_secs(15),
+    connect: Duration::from_secs(10),
+    operation: Duration::from_secs(60),
 };
 
 /// A verified, bound session on `url`.
