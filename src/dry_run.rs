@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use forestsync_actors::coordinator::expected::expect;
+use forestsync_actors::coordinator::expected::expected_links;
 use forestsync_actors::directory::{read, DcEndpoint, DcSession};
 use forestsync_actors::model::{Anchor, DomainSnapshot, Link, Op};
-use forestsync_actors::plan::{self, DomainInput, Existing, Guard, Plan, PlanInput};
+use forestsync_actors::plan::{self, Existing, Guard, Plan, PlanInput};
 use forestsync_actors::store::{Store, FILE_NAME};
 use forestsync_actors::trust;
 use serde_json::json;
@@ -52,20 +52,7 @@ pub async fn run(config: &Config) -> Result<DryRun, String> {
         }
     }
     let (links, baseline) = baseline(config);
-    let inputs: Vec<DomainInput> = settings
-        .domains
-        .iter()
-        .filter_map(|d| {
-            Some(DomainInput {
-                name: &d.name,
-                snapshot: snapshots.get(&d.name)?,
-                root_group_dn: &d.root_group_dn,
-                rules: &d.rules,
-                leave_action: d.leave_action,
-                collision: d.collision,
-            })
-        })
-        .collect();
+    let inputs = settings.domain_inputs(&snapshots);
     let plan = plan::plan(&PlanInput {
         domains: &inputs,
         links: &links,
@@ -94,23 +81,13 @@ fn baseline(config: &Config) -> (BTreeMap<Anchor, Link>, String) {
         );
     }
     match Store::open(&config.state_dir) {
-        Ok(store) => {
-            let mut links: BTreeMap<Anchor, Link> = match store.links() {
-                Ok(l) => l.into_iter().map(|l| (l.anchor.clone(), l)).collect(),
-                Err(e) => {
-                    return (
-                        BTreeMap::new(),
-                        format!("agent state unreadable ({e}): planning an initial sync"),
-                    )
-                }
-            };
-            if let Ok(pending) = store.pending_ops(None, usize::MAX) {
-                for (_, op) in &pending {
-                    expect(&mut links, op);
-                }
-            }
-            (links, format!("agent state {}", file.display()))
-        }
+        Ok(store) => match expected_links(&store) {
+            Ok(links) => (links, format!("agent state {}", file.display())),
+            Err(e) => (
+                BTreeMap::new(),
+                format!("agent state unreadable ({e}): planning an initial sync"),
+            ),
+        },
         Err(e) => (
             BTreeMap::new(),
             format!(

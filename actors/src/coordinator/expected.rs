@@ -4,6 +4,26 @@
 use std::collections::BTreeMap;
 
 use crate::model::{Anchor, Link, ObjectKind, Op};
+use crate::store::{Store, StoreError};
+
+/// What was applied (the store's links) plus every operation still queued in the outbox.
+pub fn expected_links(store: &Store) -> Result<BTreeMap<Anchor, Link>, StoreError> {
+    let mut links: BTreeMap<Anchor, Link> = store
+        .links()?
+        .into_iter()
+        .map(|l| (l.anchor.clone(), l))
+        .collect();
+    let mut after = None;
+    loop {
+        let page = store.pending_ops(after, 1000)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        for (_, op) in &page {
+            expect(&mut links, op);
+        }
+    }
+    Ok(links)
+}
 
 /// Applies `op` to `links` as if it had completed (JumpCloud ids of new objects are not known yet:
 /// empty; the executor resolves ids from the store when it runs later operations).

@@ -18,7 +18,7 @@ use crate::password::{CapturedPassword, PendingPasswords};
 use crate::plan::{self, Collision, DomainInput, Existing, Guard, MappingRules, Plan, PlanInput};
 use crate::store::{Store, StoreError};
 
-use super::expected::expect;
+use super::expected::{expect, expected_links};
 
 #[derive(Clone, Debug)]
 pub struct DomainSettings {
@@ -36,6 +36,28 @@ pub struct ImportSettings {
     pub max_removal_percent: u32,
     /// A file an operator writes a number into to approve that many removals once (mass-removal guard).
     pub approve_file: Option<PathBuf>,
+}
+
+impl ImportSettings {
+    /// The planner's view of every configured domain that has a snapshot.
+    pub fn domain_inputs<'a>(
+        &'a self,
+        snapshots: &'a BTreeMap<String, DomainSnapshot>,
+    ) -> Vec<DomainInput<'a>> {
+        self.domains
+            .iter()
+            .filter_map(|d| {
+                Some(DomainInput {
+                    name: &d.name,
+                    snapshot: snapshots.get(&d.name)?,
+                    root_group_dn: &d.root_group_dn,
+                    rules: &d.rules,
+                    leave_action: d.leave_action,
+                    collision: d.collision,
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,22 +129,7 @@ impl ImportEngine {
 
     /// Rebuilds the expected links from the store: what was applied, plus every queued operation.
     pub fn refresh_expected(&mut self) -> Result<(), EngineError> {
-        let mut links: BTreeMap<Anchor, Link> = self
-            .store
-            .links()?
-            .into_iter()
-            .map(|l| (l.anchor.clone(), l))
-            .collect();
-        let mut after = None;
-        loop {
-            let page = self.store.pending_ops(after, 1000)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(*last);
-            for (_, op) in &page {
-                expect(&mut links, op);
-            }
-        }
-        self.expected = links;
+        self.expected = expected_links(&self.store)?;
         Ok(())
     }
 
@@ -162,21 +169,7 @@ impl ImportEngine {
 
     /// The plan for the current state (what the next commit would queue).
     pub fn plan_now(&self) -> Plan {
-        let inputs: Vec<DomainInput> = self
-            .settings
-            .domains
-            .iter()
-            .filter_map(|d| {
-                Some(DomainInput {
-                    name: &d.name,
-                    snapshot: self.snapshots.get(&d.name)?,
-                    root_group_dn: &d.root_group_dn,
-                    rules: &d.rules,
-                    leave_action: d.leave_action,
-                    collision: d.collision,
-                })
-            })
-            .collect();
+        let inputs = self.settings.domain_inputs(&self.snapshots);
         plan::plan(&PlanInput {
             domains: &inputs,
             links: &self.expected,

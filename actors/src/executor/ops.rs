@@ -169,10 +169,7 @@ impl OpRun<'_> {
         if u.anchor.as_deref() == Some(marker) {
             return self.adopt_user(user, u).await;
         }
-        let owner = match &u.anchor {
-            Some(a) => format!("managed by forestsync for {a}"),
-            None => "not managed by forestsync".to_owned(),
-        };
+        let owner = owner_of(u.anchor.as_deref());
         Err(ExecError::Collision {
             op: self.what.clone(),
             detail: format!(
@@ -375,10 +372,7 @@ impl OpRun<'_> {
         if g.anchor.as_deref() == Some(marker) {
             return self.adopt_group(group, g).await;
         }
-        let owner = match &g.anchor {
-            Some(a) => format!("managed by forestsync for {a}"),
-            None => "not managed by forestsync".to_owned(),
-        };
+        let owner = owner_of(g.anchor.as_deref());
         Err(ExecError::Collision {
             op: self.what.clone(),
             detail: format!(
@@ -544,5 +538,13 @@ impl OpRun<'_> {
             Ok(_) => Err(e),
             Err(read) => Err(read),
         }
+    }
+}
+
+/// Who owns a JumpCloud object, from its `forestsync_anchor` back-link (for collision messages).
+fn owner_of(anchor: Option<&str>) -> String {
+    match anchor {
+        Some(a) => format!("managed by forestsync for {a}"),
+        None => "not managed by forestsync".to_owned(),
     }
 }
