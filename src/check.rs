@@ -208,28 +208,54 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
             Err(e) => report.push(name, url, "deletions visible", Verdict::Fail(e.to_string())),
         }
 
-        match session.read_entry(&domain.root_group_dn, &["objectClass", "groupType", "member"]).await {
-            Ok(Some(entry)) => {
-                let is_group = entry
-                    .attrs
-                    .get("objectClass")
-                    .is_some_and(|v| v.iter().any(|c| c.eq_ignore_ascii_case("group")));
-                if is_group {
-                    report.push(name, url, "root group", Verdict::Ok(format!("{} found", domain.root_group_dn)));
-                } else {
-                    report.push(name, url, "root group", Verdict::Fail(format!("{} exists but is not a group", domain.root_group_dn)));
+        if !domain.root_group_dn.is_empty() {
+            match session.read_entry(&domain.root_group_dn, &["objectClass", "groupType", "member"]).await {
+                Ok(Some(entry)) => {
+                    let is_group = entry
+                        .attrs
+                        .get("objectClass")
+                        .is_some_and(|v| v.iter().any(|c| c.eq_ignore_ascii_case("group")));
+                    if is_group {
+                        report.push(name, url, "root group", Verdict::Ok(format!("{} found", domain.root_group_dn)));
+                    } else {
+                        report.push(name, url, "root group", Verdict::Fail(format!("{} exists but is not a group", domain.root_group_dn)));
+                    }
                 }
+                Ok(None) => report.push(
+                    name,
+                    url,
+                    "root group",
+                    Verdict::Fail(format!(
+                        "{} not found; fix: create the ADI security group (e.g. CN=JumpCloud,OU=ADI,...) or correct root_group_dn",
+                        domain.root_group_dn
+                    )),
+                ),
+                Err(e) => report.push(name, url, "root group", Verdict::Fail(e.to_string())),
             }
-            Ok(None) => report.push(
-                name,
-                url,
-                "root group",
-                Verdict::Fail(format!(
-                    "{} not found; fix: create the ADI security group (e.g. CN=JumpCloud,OU=ADI,...) or correct root_group_dn",
-                    domain.root_group_dn
-                )),
-            ),
-            Err(e) => report.push(name, url, "root group", Verdict::Fail(e.to_string())),
+        }
+        if let Some(t) = &domain.to_ad {
+            match session.read_entry(&t.target_ou, &["objectClass"]).await {
+                Ok(Some(entry)) => {
+                    let is_container = entry.attrs.get("objectClass").is_some_and(|v| {
+                        v.iter().any(|c| c.eq_ignore_ascii_case("organizationalUnit") || c.eq_ignore_ascii_case("container"))
+                    });
+                    if is_container {
+                        report.push(name, url, "target OU", Verdict::Ok(format!("{} found", t.target_ou)));
+                    } else {
+                        report.push(name, url, "target OU", Verdict::Fail(format!("{} exists but is not an OU or container", t.target_ou)));
+                    }
+                }
+                Ok(None) => report.push(
+                    name,
+                    url,
+                    "target OU",
+                    Verdict::Fail(format!(
+                        "{} not found; fix: create the OU JumpCloud users and groups are written to, and delegate to {} there: create/delete user and group objects, write all properties, reset password",
+                        t.target_ou, domain.bind_dn
+                    )),
+                ),
+                Err(e) => report.push(name, url, "target OU", Verdict::Fail(e.to_string())),
+            }
         }
         session.unbind().await;
     }

@@ -71,6 +71,20 @@ pub enum LeaveScopeAction {
     Unbind,
 }
 
+/// What happens in AD when a user or group leaves the AD instance's scope in JumpCloud (unbound or
+/// deleted there) — JumpCloud → AD modes only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdRemovalAction {
+    /// Disable the AD user (userAccountControl ACCOUNTDISABLE) and empty the AD group; both are kept.
+    #[default]
+    Disable,
+    /// Delete the AD user or group.
+    Delete,
+    /// Leave the AD object as it is (no longer updated).
+    Leave,
+}
+
 /// What happens when an AD user matches an existing JumpCloud user by username.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -114,6 +128,8 @@ struct JumpCloudShape {
     burst: u32,
     #[serde(default = "default_timeout")]
     timeout_seconds: u64,
+    /// Where the sync-agent channel lives (default: the base URL's origin + `/__agent-channel/v1/`).
+    agent_channel_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -127,9 +143,16 @@ struct DomainShape {
     bind_password_file: Option<PathBuf>,
     bind_password_env: Option<String>,
     base_dn: String,
-    root_group_dn: String,
+    root_group_dn: Option<String>,
     #[serde(default)]
     username_source: UsernameSource,
+    ad_instance_id: Option<String>,
+    target_ou: Option<String>,
+    upn_suffix: Option<String>,
+    #[serde(default)]
+    on_jumpcloud_removal: AdRemovalAction,
+    #[serde(default)]
+    adopt_existing: bool,
     #[serde(default)]
     on_leave_scope: LeaveScopeAction,
     #[serde(default)]
@@ -251,6 +274,7 @@ pub struct JumpCloudConfig {
     pub rate_limit_per_minute: u32,
     pub burst: u32,
     pub timeout: std::time::Duration,
+    pub agent_channel_url: Option<String>,
 }
 
 #[derive(Debug)]
@@ -262,11 +286,29 @@ pub struct DomainConfig {
     pub bind_dn: String,
     pub bind_password: Secret,
     pub base_dn: String,
+    /// The ADI root group (AD → JumpCloud modes; empty in `jumpcloud-authoritative`).
     pub root_group_dn: String,
     pub username_source: UsernameSource,
+    /// JumpCloud → AD (jumpcloud-authoritative, two-way): what the domain is in JumpCloud and where
+    /// JumpCloud's users and groups are written.
+    pub to_ad: Option<ToAdConfig>,
     pub on_leave_scope: LeaveScopeAction,
     pub username_collision: UsernameCollision,
     pub attributes: AttributeMap,
+}
+
+/// A domain's JumpCloud → AD settings.
+#[derive(Clone, Debug)]
+pub struct ToAdConfig {
+    /// The JumpCloud AD instance (`/activedirectories/{id}`) this domain is.
+    pub ad_instance_id: String,
+    /// The OU new users and groups are created in.
+    pub target_ou: String,
+    /// `userPrincipalName` = `<username>@<upn_suffix>` (default: the domain's DNS name from base_dn).
+    pub upn_suffix: String,
+    pub on_removal: AdRemovalAction,
+    /// Take over an unmanaged, unprivileged AD user with the same sAMAccountName (default: report it).
+    pub adopt_existing: bool,
 }
 
 #[derive(Debug)]
@@ -467,25 +509,70 @@ impl Config {
                     problems.push(format!("{at}: {e}"));
                 }
             }
+            let writes_ad = shape.mode != Mode::AdAuthoritative;
+            let reads_ad = shape.mode != Mode::JumpcloudAuthoritative;
+            let root_group_dn = match d.root_group_dn {
+                Some(dn) => dn,
+                None if reads_ad => {
+                    problems.push(format!("{at}: root_group_dn is missing; fix: the DN of the ADI security group whose (nested) members are synced, e.g. \"CN=JumpCloud,OU=ADI,DC=example,DC=com\""));
+                    String::new()
+                }
+                None => String::new(),
+            };
+            let to_ad = if writes_ad {
+                match (&d.ad_instance_id, &d.target_ou) {
+                    (Some(id), Some(ou)) => {
+                        if id.len() != 24 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                            problems.push(format!("{at}: ad_instance_id {id:?} is not a 24-hex JumpCloud id; fix: copy it from the AD instance's page or GET /api/v2/activedirectories"));
+                        }
+                        if !looks_like_dn(ou)
+                            || !ou.to_lowercase().ends_with(&d.base_dn.to_lowercase())
+                        {
+                            problems.push(format!("{at}: target_ou {ou:?} is not a DN under base_dn {:?}; fix: e.g. \"OU=JumpCloud,{}\"", d.base_dn, d.base_dn));
+                        }
+                        Some(ToAdConfig {
+                            ad_instance_id: id.clone(),
+                            target_ou: ou.clone(),
+                            upn_suffix: d
+                                .upn_suffix
+                                .clone()
+                                .unwrap_or_else(|| dns_name(&d.base_dn)),
+                            on_removal: d.on_jumpcloud_removal,
+                            adopt_existing: d.adopt_existing,
+                        })
+                    }
+                    _ => {
+                        problems.push(format!("{at}: mode {} writes to AD: ad_instance_id and target_ou are required; fix: the JumpCloud AD instance id of this domain and the OU to create users and groups in", shape.mode));
+                        None
+                    }
+                }
+            } else {
+                if d.ad_instance_id.is_some() || d.target_ou.is_some() || d.upn_suffix.is_some() {
+                    problems.push(format!("{at}: ad_instance_id, target_ou and upn_suffix are only used when JumpCloud writes to AD (modes two-way, jumpcloud-authoritative); fix: remove them or change mode"));
+                }
+                None
+            };
             for (key, dn) in [
                 ("bind_dn", &d.bind_dn),
                 ("base_dn", &d.base_dn),
-                ("root_group_dn", &d.root_group_dn),
+                ("root_group_dn", &root_group_dn),
             ] {
+                if key == "root_group_dn" && dn.is_empty() {
+                    continue;
+                }
                 if !looks_like_dn(dn) {
                     problems.push(format!("{at}: {key} {dn:?} is not a DN; fix: e.g. \"CN=JumpCloud,OU=ADI,DC=example,DC=com\""));
                 }
             }
-            if looks_like_dn(&d.root_group_dn)
+            if looks_like_dn(&root_group_dn)
                 && looks_like_dn(&d.base_dn)
-                && !d
-                    .root_group_dn
+                && !root_group_dn
                     .to_lowercase()
                     .ends_with(&d.base_dn.to_lowercase())
             {
                 problems.push(format!(
                     "{at}: root_group_dn {:?} is not under base_dn {:?}",
-                    d.root_group_dn, d.base_dn
+                    root_group_dn, d.base_dn
                 ));
             }
             let bind_password = resolve_secret(
@@ -502,8 +589,9 @@ impl Config {
                 bind_dn: d.bind_dn,
                 bind_password,
                 base_dn: d.base_dn,
-                root_group_dn: d.root_group_dn,
+                root_group_dn,
                 username_source: d.username_source,
+                to_ad,
                 on_leave_scope: d.on_leave_scope,
                 username_collision: d.username_collision,
                 attributes: d.attributes,
@@ -543,12 +631,24 @@ impl Config {
                 rate_limit_per_minute: jc.rate_limit_per_minute,
                 burst: jc.burst,
                 timeout: std::time::Duration::from_secs(jc.timeout_seconds.max(1)),
+                agent_channel_url: jc.agent_channel_url,
             },
             domains,
             safety,
             passwords,
         })
     }
+}
+
+/// `DC=alpha,DC=example,DC=com` → `alpha.example.com`.
+fn dns_name(base_dn: &str) -> String {
+    base_dn
+        .split(',')
+        .filter_map(|rdn| rdn.split_once('='))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("dc"))
+        .map(|(_, v)| v.trim())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn looks_like_dn(dn: &str) -> bool {
@@ -727,6 +827,41 @@ root_group_dn = "CN=JumpCloud,OU=ADI,DC=alpha,DC=test"
             .to_string()
             .contains("sokcet"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn jumpcloud_authoritative_needs_an_instance_and_a_target_ou_not_a_root_group() {
+        let jc = GOOD
+            .replace("ad-authoritative", "jumpcloud-authoritative")
+            .replace(
+            "root_group_dn = \"CN=JumpCloud,OU=ADI,DC=alpha,DC=test\"",
+            "ad_instance_id = \"0123456789abcdef01234567\"\ntarget_ou = \"OU=FS,DC=alpha,DC=test\"",
+        );
+        let c = Config::parse(Path::new("c.toml"), &jc).unwrap();
+        let t = c.domains[0].to_ad.as_ref().unwrap();
+        assert_eq!(t.upn_suffix, "alpha.test");
+        assert_eq!(t.on_removal, AdRemovalAction::Disable);
+        assert!(!t.adopt_existing);
+        let missing = jc.replace("target_ou = \"OU=FS,DC=alpha,DC=test\"", "");
+        let e = Config::parse(Path::new("c.toml"), &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("target_ou are required"), "{e}");
+        let outside = jc.replace("OU=FS,DC=alpha,DC=test", "OU=FS,DC=beta,DC=test");
+        let e = Config::parse(Path::new("c.toml"), &outside)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a DN under base_dn"), "{e}");
+        let e = Config::parse(
+            Path::new("c.toml"),
+            &GOOD.replace(
+                "root_group_dn = \"CN=JumpCloud,OU=ADI,DC=alpha,DC=test\"",
+                "",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("root_group_dn is missing"), "{e}");
     }
 
     #[test]

@@ -5,5 +5,6 @@ pub mod capture;
 pub mod check;
 pub mod config;
 pub mod dry_run;
+pub mod register;
 pub mod telemetry;
 pub mod wiring;

@@ -1,6 +1,6 @@
 //! The `forestsync` command line.
 
-use forestsync::{capture, check, config, telemetry};
+use forestsync::{capture, check, config, register, telemetry};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,14 +39,9 @@ enum Command {
     /// Password hook called by Samba's `check password script` on every DC (password on stdin).
     /// Exit 0 accepts the password, 1 rejects it; an accepted one goes to the agent or the spool.
     CapturePassword(capture::CaptureArgs),
-    /// Register this agent with the JumpCloud AD instance using a one-time connect key.
-    Register {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// The connect key from the Admin Portal (one-time use, valid 7 days).
-        #[arg(long)]
-        connect_key: String,
-    },
+    /// Register this agent for one domain's JumpCloud AD instance using a one-time connect key;
+    /// the agent's credentials are stored sealed under state_dir.
+    Register(register::RegisterArgs),
 }
 
 #[derive(clap::Args)]
@@ -75,7 +70,7 @@ fn main() -> ExitCode {
         Command::Plan { config, json } => runtime.block_on(plan_command(config, json)),
         Command::Status(_) | Command::Seal(_) => not_yet("issue #6"),
         Command::CapturePassword(args) => capture::run(args, &runtime),
-        Command::Register { .. } => not_yet("a later issue"),
+        Command::Register(args) => register::run(args, &runtime),
     }
 }
 

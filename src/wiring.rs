@@ -5,28 +5,35 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use forestsync_actors::api::ApiActor;
+use forestsync_actors::channel::{self, AgentCredentials, HttpChannel};
 use forestsync_actors::cloud::{CloudClient, CloudEndpoint};
 use forestsync_actors::coordinator::import::{
     Captured, DomainSettings, ImportCoordinator, ImportEngine, ImportSettings,
 };
+use forestsync_actors::coordinator::sync::SyncCoordinator;
+use forestsync_actors::coordinator::to_ad::{ToAdDomain, ToAdSettings};
 use forestsync_actors::dc::DcActor;
+use forestsync_actors::directory::failover::DomainDirectory;
 use forestsync_actors::directory::read::ReadSpec;
 use forestsync_actors::directory::{DcEndpoint, Timeouts};
 use forestsync_actors::domain::{DomainActor, DomainTiming};
 use forestsync_actors::executor::{Executor, ExecutorConfig, RateLimits};
 use forestsync_actors::model::RemoveAction;
 use forestsync_actors::password::{PasswordInbox, PendingPasswords};
+use forestsync_actors::plan::to_ad::{RemovalAction, ToAdRules};
 use forestsync_actors::plan::{Collision, Existing, MappingRules, UsernameFrom};
+use forestsync_actors::sealed::SealKey;
 use forestsync_actors::store::Store;
 use forestsync_actors::trust;
 
 use crate::config::{
-    Config, DomainConfig, LeaveScopeAction, Mode, UsernameCollision, UsernameSource,
+    AdRemovalAction, Config, DomainConfig, LeaveScopeAction, Mode, ToAdConfig, UsernameCollision,
+    UsernameSource,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum WiringError {
-    #[error("mode {0} is not implemented yet; this build runs ad-authoritative only")]
+    #[error("mode {0} is not implemented yet; this build runs ad-authoritative and jumpcloud-authoritative")]
     ModeNotImplemented(Mode),
     #[error("{0}")]
     Setup(String),
@@ -119,10 +126,154 @@ pub fn executor_config(config: &Config) -> ExecutorConfig {
     }
 }
 
-/// Starts every actor of the ad-authoritative mode; returns once they run (the caller waits for a signal).
+/// Starts the DC connection actors of one domain (supervised), in preference order.
+fn start_dcs(d: &DomainConfig) -> Result<Vec<(String, Addr<DcActor>)>, WiringError> {
+    let tls = trust::client_config(d.ca_file.as_deref())
+        .map_err(setup(&format!("domain {} CA", d.name)))?;
+    let spec = Arc::new(read_spec(d));
+    let mut dcs = Vec::new();
+    for url in &d.dcs {
+        let endpoint = DcEndpoint::parse(url).map_err(setup("DC URL"))?;
+        let (tls, dn, pw, spec) = (
+            tls.clone(),
+            d.bind_dn.clone(),
+            d.bind_password.clone(),
+            spec.clone(),
+        );
+        let addr = Supervisor::start(move |_| {
+            DcActor::new(
+                endpoint.clone(),
+                tls.clone(),
+                dn.clone(),
+                pw.clone(),
+                DC_TIMEOUTS,
+                READ_TIMEOUT,
+                spec.clone(),
+            )
+        });
+        dcs.push((url.clone(), addr));
+    }
+    Ok(dcs)
+}
+
+/// The JumpCloud → AD rules of a domain.
+pub fn to_ad_rules(d: &DomainConfig, t: &ToAdConfig) -> ToAdRules {
+    ToAdRules {
+        target_ou: t.target_ou.clone(),
+        upn_suffix: t.upn_suffix.clone(),
+        attributes: ToAdRules::standard_attributes(
+            &d.attributes.firstname,
+            &d.attributes.lastname,
+            &d.attributes.email,
+            &d.attributes.extra,
+        ),
+        on_removal: match t.on_removal {
+            AdRemovalAction::Disable => RemovalAction::Disable,
+            AdRemovalAction::Delete => RemovalAction::Delete,
+            AdRemovalAction::Leave => RemovalAction::Leave,
+        },
+        adopt_existing: t.adopt_existing,
+    }
+}
+
+/// The channel base URL: configured, or derived from the JumpCloud base URL.
+pub fn channel_base(config: &Config) -> Result<url::Url, WiringError> {
+    match &config.jumpcloud.agent_channel_url {
+        Some(u) => url::Url::parse(u).map_err(setup("jumpcloud.agent_channel_url")),
+        None => channel::channel_base_from_api_url(&config.jumpcloud.base_url)
+            .map_err(setup("jumpcloud.base_url")),
+    }
+}
+
+/// A domain's registered agent credentials (sealed in the state directory).
+pub fn agent_credentials(
+    config: &Config,
+    d: &DomainConfig,
+    t: &ToAdConfig,
+) -> Result<AgentCredentials, WiringError> {
+    let key = SealKey::load_or_create(&channel::seal_key_path(&config.state_dir))
+        .map_err(setup("sealing key"))?;
+    let path = channel::credentials_path(&config.state_dir, &d.name);
+    let creds = AgentCredentials::load(&path, &key)
+        .map_err(setup(&format!("agent credentials {}", path.display())))?
+        .ok_or_else(|| {
+            WiringError::Setup(format!(
+                "domain {}: this agent is not registered with the JumpCloud AD instance {}; fix: forestsync register --config {} --domain {} --connect-key <KEY>",
+                d.name,
+                t.ad_instance_id,
+                config.path.display(),
+                d.name
+            ))
+        })?;
+    if creds.activedirectory_id != t.ad_instance_id {
+        return Err(WiringError::Setup(format!(
+            "domain {}: the agent is registered with AD instance {} but the config names {}; fix: correct ad_instance_id or register again with a connect key of the right instance",
+            d.name, creds.activedirectory_id, t.ad_instance_id
+        )));
+    }
+    Ok(creds)
+}
+
+/// Starts the jumpcloud-authoritative mode: DC actors per domain, the sync coordinator (one engine per
+/// domain), all supervised.
+async fn start_jumpcloud_authoritative(config: &Config) -> Result<(), WiringError> {
+    let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
+    let executor = Executor::new(
+        cloud_client(config)?,
+        store.clone(),
+        executor_config(config),
+    );
+    let base = channel_base(config)?;
+    let tls =
+        trust::client_config(config.jumpcloud.ca_file.as_deref()).map_err(setup("JumpCloud CA"))?;
+    let mut domains = Vec::new();
+    for d in &config.domains {
+        let Some(t) = &d.to_ad else {
+            return Err(WiringError::Setup(format!(
+                "domain {} has no ad_instance_id/target_ou",
+                d.name
+            )));
+        };
+        let creds = agent_credentials(config, d, t)?;
+        let channel = HttpChannel::new(base.clone(), tls.clone(), creds, config.jumpcloud.timeout)
+            .map_err(setup("agent channel"))?;
+        let dcs = start_dcs(d)?;
+        domains.push(ToAdDomain {
+            name: d.name.clone(),
+            base_dn: d.base_dn.clone(),
+            ad_instance_id: t.ad_instance_id.clone(),
+            rules: to_ad_rules(d, t),
+            directory: DomainDirectory::new(d.name.clone(), dcs, DIRECTORY_REQUEST_TIMEOUT),
+            channel: Arc::new(channel),
+        });
+    }
+    let settings = ToAdSettings {
+        max_removals: config.safety.max_removals,
+        max_removal_percent: config.safety.max_removal_percent,
+        approve_file: Some(config.state_dir.join("approve-removals")),
+        ..ToAdSettings::default()
+    };
+    Supervisor::start(move |_| {
+        SyncCoordinator::new(
+            domains.clone(),
+            settings.clone(),
+            executor.clone(),
+            store.clone(),
+        )
+    });
+    Ok(())
+}
+
+/// How long one AD request may take before the domain fails over (a member write of 500 values
+/// included).
+pub const DIRECTORY_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts every actor of the configured mode; returns once they run (the caller waits for a signal).
 pub async fn start(config: &Config) -> Result<(), WiringError> {
-    if config.mode != Mode::AdAuthoritative {
-        return Err(WiringError::ModeNotImplemented(config.mode));
+    match config.mode {
+        Mode::AdAuthoritative => {}
+        Mode::JumpcloudAuthoritative => return start_jumpcloud_authoritative(config).await,
+        Mode::TwoWay => return Err(WiringError::ModeNotImplemented(config.mode)),
     }
     let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
     let executor = Executor::new(
@@ -182,31 +333,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
     });
 
     for (d, (cookie, known)) in config.domains.iter().zip(cookies) {
-        let tls = trust::client_config(d.ca_file.as_deref())
-            .map_err(setup(&format!("domain {} CA", d.name)))?;
-        let spec = Arc::new(read_spec(d));
-        let mut dcs = Vec::new();
-        for url in &d.dcs {
-            let endpoint = DcEndpoint::parse(url).map_err(setup("DC URL"))?;
-            let (tls, dn, pw, spec) = (
-                tls.clone(),
-                d.bind_dn.clone(),
-                d.bind_password.clone(),
-                spec.clone(),
-            );
-            let addr = Supervisor::start(move |_| {
-                DcActor::new(
-                    endpoint.clone(),
-                    tls.clone(),
-                    dn.clone(),
-                    pw.clone(),
-                    DC_TIMEOUTS,
-                    READ_TIMEOUT,
-                    spec.clone(),
-                )
-            });
-            dcs.push((url.clone(), addr));
-        }
+        let dcs = start_dcs(d)?;
         let (name, recipient) = (d.name.clone(), coordinator.clone().recipient());
         DomainActor::new(name, dcs, recipient, cookie, known, DomainTiming::default()).start();
         tracing::info!(domain = %d.name, dcs = d.dcs.len(), "domain actor started");

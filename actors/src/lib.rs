@@ -6,11 +6,15 @@
 //! - [`trust`]: the one place that builds rustls client configurations (LDAP and HTTPS share it).
 //! - [`directory`]: Active Directory over LDAP (connect, bind, rootDSE, rights probes).
 //! - [`cloud`]: the JumpCloud API client.
+//! - [`channel`]: the agent channel (JumpCloud → agent change feed, password payloads, reports) and
+//!   the agent's registration and credentials.
+//! - [`sealed`]: sealing secrets at rest (the installation's seal key, `fs1:` values).
 //! - [`store`]: the durable store (redb): snapshots + watermarks per domain, outbox, quarantine, links, meta.
 //! - [`executor`]: runs queued JumpCloud operations idempotently through one rate limiter, with retries.
 //! - [`password`]: password capture (hook rules, socket, encrypted spool) and commit confirmation.
 
 pub mod api;
+pub mod channel;
 pub mod cloud;
 pub mod coordinator;
 pub mod dc;
@@ -21,6 +25,7 @@ pub mod executor;
 pub mod model;
 pub mod password;
 pub mod plan;
+pub mod sealed;
 pub mod secret;
 pub mod store;
 pub mod trust;

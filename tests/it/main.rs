@@ -13,4 +13,6 @@ mod emulator;
 mod import_mode;
 mod lab_dcs;
 mod password_capture;
+mod register;
 mod support;
+mod sync_mode;

@@ -3,6 +3,7 @@
 //! This module builds requests and classifies answers; rate limiting, retries and ordering belong to
 //! the API actor that owns the one client instance.
 
+mod bound;
 mod error;
 mod groups;
 mod users;
@@ -15,6 +16,7 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 use rustls::ClientConfig;
 use serde::Deserialize;
 
+pub use bound::JcProfile;
 pub use error::CloudError;
 pub use groups::{
     group_description, group_marker, AssocTarget, GraphOp, JcGroup, GROUP_ANCHOR_PREFIX,

@@ -4,3 +4,5 @@
 
 pub mod expected;
 pub mod import;
+pub mod sync;
+pub mod to_ad;

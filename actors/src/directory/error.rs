@@ -53,19 +53,74 @@ impl Classified for DirectoryError {
             | DirectoryError::Timeout { .. }
             | DirectoryError::ConnectionLost { .. } => Disposition::FailOver,
             DirectoryError::Tls { .. } | DirectoryError::BindRejected { .. } => Disposition::Fatal,
-            DirectoryError::Refused { rc, .. } => match rc {
-                // busy, unavailable, other (DC-side trouble): another DC may serve us
-                51 | 52 | 80 => Disposition::FailOver,
-                // noSuchObject, constraint violation, object class violation, entry exists: this object's problem
-                19 | 32 | 65 | 68 => Disposition::BadInput,
-                // rights, strong auth, unwilling: configuration
-                _ => Disposition::Fatal,
-            },
+            DirectoryError::Refused {
+                rc,
+                operation,
+                text,
+                ..
+            } => refused_disposition(*rc, operation, text),
         }
     }
 }
 
+/// The disposition of an LDAP result code, for reads and writes alike.
+fn refused_disposition(rc: u32, operation: &str, text: &str) -> Disposition {
+    match rc {
+        // busy, unavailable, other (DC-side trouble), referral (a read-only DC was asked to write):
+        // another DC may serve us
+        10 | 51 | 52 | 80 => Disposition::FailOver,
+        // this object's (or this value's) problem: noSuchAttribute, constraintViolation (password
+        // policy included), attributeOrValueExists, invalidAttributeSyntax, noSuchObject,
+        // invalidDNSyntax, namingViolation, objectClassViolation, notAllowedOnNonLeaf,
+        // notAllowedOnRDN, entryAlreadyExists, objectClassModsProhibited
+        16 | 19 | 20 | 21 | 32 | 34 | 64 | 65 | 66 | 67 | 68 | 69 => Disposition::BadInput,
+        // unwillingToPerform: a password policy refusal (older Windows answer 53 with 0000052D), or
+        // a member value the group cannot take or drop (e.g. a DN that names no object)
+        53 if is_password_policy_text(text) || operation == MEMBER_CHANGE => Disposition::BadInput,
+        // rights, strong auth, unwilling, unknown critical control: configuration
+        _ => Disposition::Fatal,
+    }
+}
+
+/// The operation names `change_members` and `set_password` report (`entry.rs`); the disposition and
+/// the rights hint depend on them.
+pub(super) const MEMBER_CHANGE: &str = "member change";
+pub(super) const PASSWORD_RESET: &str = "password reset";
+
+/// AD's password-policy refusals carry the Win32 code ERROR_PASSWORD_RESTRICTION (`0000052D`) first,
+/// on Samba and Windows alike (Samba names the rule after it, Windows does not).
+fn is_password_policy_text(text: &str) -> bool {
+    text.trim_start()
+        .get(..8)
+        .is_some_and(|code| code.eq_ignore_ascii_case("0000052D"))
+}
+
 impl DirectoryError {
+    /// The DC's own diagnostic text for a refused operation (e.g. `0000052D: Constraint violation -
+    /// check_password_restrictions: the password does not meet the complexity criteria!`), verbatim
+    /// (trailing NULs and blanks removed), for per-object records; `None` for other errors or an
+    /// empty text.
+    pub fn ad_reason(&self) -> Option<&str> {
+        match self {
+            DirectoryError::Refused { text, .. } if !text.is_empty() => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The LDAP result code of a refused operation.
+    pub fn result_code(&self) -> Option<u32> {
+        match self {
+            DirectoryError::Refused { rc, .. } => Some(*rc),
+            _ => None,
+        }
+    }
+
+    /// A password refused by the domain's policy (complexity or the password filter, length,
+    /// history, minimum age): result 19 or 53 with `0000052D` (ERROR_PASSWORD_RESTRICTION).
+    pub fn is_password_policy(&self) -> bool {
+        matches!(self, DirectoryError::Refused { rc: 19 | 53, text, .. } if is_password_policy_text(text))
+    }
+
     pub(super) fn from_connect(url: &str, e: LdapError) -> Self {
         match e {
             LdapError::Timeout { .. } => DirectoryError::Timeout {
@@ -147,15 +202,13 @@ impl DirectoryError {
                 reason: bind_reason(text),
             };
         }
-        let (name, hint) = match rc {
-            8 => ("strongerAuthRequired", "; fix: use ldaps:// or ldap:// with StartTLS (the agent never binds in clear)"),
-            32 => ("noSuchObject", "; fix: check the DN in the configuration"),
-            50 => ("insufficientAccessRights", "; fix: grant the service account the right named in the README (e.g. Replicating Directory Changes on the domain root for change tracking)"),
-            51 => ("busy", ""),
-            52 => ("unavailable", ""),
-            53 => ("unwillingToPerform", ""),
-            19 => ("constraintViolation", ""),
-            _ => ("error", ""),
+        let name = result_name(rc);
+        let hint = match rc {
+            8 => "; fix: use ldaps:// or ldap:// with StartTLS (the agent never binds in clear)",
+            32 if is_write(operation) => "; the object (or a DN in the request) does not exist: deleted or moved since it was read",
+            32 => "; fix: check the DN in the configuration",
+            50 => rights_hint(operation),
+            _ => "",
         };
         DirectoryError::Refused {
             url: url.to_owned(),
@@ -166,6 +219,60 @@ impl DirectoryError {
             text: text.trim_end_matches('\0').trim().to_owned(),
             hint,
         }
+    }
+}
+
+/// The RFC 4511 name of an LDAP result code.
+fn result_name(rc: u32) -> &'static str {
+    match rc {
+        1 => "operationsError",
+        2 => "protocolError",
+        3 => "timeLimitExceeded",
+        4 => "sizeLimitExceeded",
+        8 => "strongerAuthRequired",
+        10 => "referral",
+        11 => "adminLimitExceeded",
+        12 => "unavailableCriticalExtension",
+        16 => "noSuchAttribute",
+        17 => "undefinedAttributeType",
+        19 => "constraintViolation",
+        20 => "attributeOrValueExists",
+        21 => "invalidAttributeSyntax",
+        32 => "noSuchObject",
+        34 => "invalidDNSyntax",
+        50 => "insufficientAccessRights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwillingToPerform",
+        64 => "namingViolation",
+        65 => "objectClassViolation",
+        66 => "notAllowedOnNonLeaf",
+        67 => "notAllowedOnRDN",
+        68 => "entryAlreadyExists",
+        69 => "objectClassModsProhibited",
+        80 => "other",
+        _ => "error",
+    }
+}
+
+fn is_write(operation: &str) -> bool {
+    matches!(
+        operation,
+        "add" | "modify" | "rename" | "delete" | MEMBER_CHANGE | PASSWORD_RESET
+    )
+}
+
+/// Which right the service account lacks, by operation (the target DN is in the message already;
+/// Samba's own text does not name the right).
+fn rights_hint(operation: &str) -> &'static str {
+    match operation {
+        "add" => "; fix: grant the service account Create Child for this object class (user or group) on the parent container of the DN named here (e.g. on the target OU, inherited to sub-OUs)",
+        "delete" => "; fix: grant the service account Delete Child for this object class on the parent container of the DN named here (or Delete on the object)",
+        "rename" => "; fix: grant the service account Write Property on the name of the object named here, and for a move Delete Child on the old parent and Create Child on the new one",
+        "modify" => "; fix: grant the service account Write Property on the modified attributes of the object named here (e.g. write all properties of users and groups below the target OU); protected objects (adminCount=1) refuse writes by design",
+        PASSWORD_RESET => "; fix: grant the service account the Reset Password extended right (00299570-246d-11d0-a768-00aa006e0529) on the user named here (e.g. inherited from the target OU); protected accounts (adminCount=1) refuse it by design",
+        MEMBER_CHANGE => "; fix: grant the service account Write Property on `member` of the group named here (e.g. write all properties of groups below the target OU)",
+        _ => "; fix: grant the service account the right named in the README (e.g. Replicating Directory Changes on the domain root for change tracking)",
     }
 }
 
@@ -229,5 +336,104 @@ mod tests {
             DirectoryError::from_result("u", "add", "b", 68, "").disposition(),
             Disposition::BadInput
         );
+    }
+
+    #[test]
+    fn password_policy_refusals_are_bad_input_with_the_dcs_reason_kept() {
+        for text in [
+            "0000052D: Constraint violation - check_password_restrictions: the password does not meet the complexity criteria!",
+            "0000052D: Constraint violation - check_password_restrictions: the password is too short. It should be equal or longer than 7 characters!",
+            "0000052D: Constraint violation - check_password_restrictions: the password was already used (in history)!",
+            "0000052D: Constraint violation - check_password_restrictions: password is too young to change!",
+            "0000052D: AtrErr: DSID-03191083, #1:\n\t0: 0000052D: DSID-03191083, problem 1005 (CONSTRAINT_ATT_TYPE), data 0, Att 9005a (unicodePwd)\n\0",
+        ] {
+            let e = DirectoryError::from_result("u", PASSWORD_RESET, "CN=u", 19, text);
+            assert_eq!(e.disposition(), Disposition::BadInput, "{text}");
+            assert!(e.is_password_policy());
+            assert_eq!(e.ad_reason(), Some(text.trim_end_matches('\0').trim()));
+            assert!(e.to_string().contains(text.trim_end_matches('\0').trim()));
+        }
+        // Older Windows: unwillingToPerform with the password-restriction code.
+        let w = DirectoryError::from_result(
+            "u",
+            PASSWORD_RESET,
+            "CN=u",
+            53,
+            "0000052D: SvcErr: DSID-031A120C, problem 5003 (WILL_NOT_PERFORM), data 0",
+        );
+        assert_eq!(w.disposition(), Disposition::BadInput);
+        assert!(w.is_password_policy());
+        // Unwilling for another reason (e.g. a password write over a clear connection): configuration.
+        let clear = DirectoryError::from_result(
+            "u",
+            PASSWORD_RESET,
+            "CN=u",
+            53,
+            "0000001F: SvcErr: DSID-031A12D2, problem 5003 (WILL_NOT_PERFORM), data 0",
+        );
+        assert_eq!(clear.disposition(), Disposition::Fatal);
+        assert!(!clear.is_password_policy());
+        assert_eq!(
+            DirectoryError::from_result("u", "add", "b", 19, "").ad_reason(),
+            None
+        );
+    }
+
+    #[test]
+    fn write_refusals_are_classified_and_rights_refusals_name_the_right() {
+        for rc in [16, 20, 21, 32, 34, 64, 65, 66, 67, 68, 69] {
+            let e = DirectoryError::from_result("u", "add", "CN=x", rc, "t");
+            assert_eq!(e.disposition(), Disposition::BadInput, "rc {rc}");
+            assert_eq!(e.result_code(), Some(rc));
+        }
+        let stale_member = DirectoryError::from_result(
+            "u",
+            MEMBER_CHANGE,
+            "CN=g",
+            53,
+            "00002035: Unable to find GUID for DN CN=x",
+        );
+        assert_eq!(stale_member.disposition(), Disposition::BadInput);
+        assert_eq!(
+            DirectoryError::from_result("u", "modify", "CN=g", 53, "").disposition(),
+            Disposition::Fatal
+        );
+        assert_eq!(
+            DirectoryError::from_result("u", "add", "CN=g", 10, "").disposition(),
+            Disposition::FailOver
+        );
+        assert_eq!(
+            DirectoryError::from_result("u", "search", "b", 12, "").disposition(),
+            Disposition::Fatal
+        );
+        let cases = [
+            ("add", "Create Child"),
+            ("delete", "Delete Child"),
+            ("rename", "Write Property on the name"),
+            ("modify", "Write Property on the modified attributes"),
+            (PASSWORD_RESET, "Reset Password"),
+            (MEMBER_CHANGE, "Write Property on `member`"),
+            ("DirSync search", "Replicating Directory Changes"),
+        ];
+        for (operation, right) in cases {
+            let e = DirectoryError::from_result(
+                "ldaps://dc",
+                operation,
+                "CN=u,OU=ForestSync,DC=alpha,DC=test",
+                50,
+                "acl: unable to get access to CN=u,OU=ForestSync,DC=alpha,DC=test",
+            );
+            assert_eq!(e.disposition(), Disposition::Fatal);
+            let text = e.to_string();
+            assert!(text.contains(right), "{operation}: {text}");
+            assert!(text.contains(operation), "{text}");
+            assert!(
+                text.contains("on CN=u,OU=ForestSync,DC=alpha,DC=test"),
+                "{text}"
+            );
+        }
+        let gone =
+            DirectoryError::from_result("u", "modify", "CN=x", 32, "00002030: No such Base DN");
+        assert!(gone.to_string().contains("deleted or moved"), "{gone}");
     }
 }

@@ -1,11 +1,15 @@
 //! Active Directory over LDAP: connect (LDAPS or StartTLS, always verified), bind, read the rootDSE,
-//! probe the rights change tracking needs, look objects up.
+//! probe the rights change tracking needs, look objects up, and the writes of the
+//! JumpCloud-authoritative mode (`entry`: paged whole-entry searches, password resets, chunked
+//! member changes; `failover`: one domain's DCs behind one handle).
 //!
 //! Owns the LDAP wire details (URLs, controls, result codes). Decides nothing about sync: the DC and
 //! domain actors call it. Every operation carries a timeout, because ldap3 never notices a hung peer.
 
 pub mod dirsync;
+pub mod entry;
 mod error;
+pub mod failover;
 pub mod read;
 
 use std::collections::HashSet;
@@ -19,7 +23,9 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 
 pub use dirsync::{DirSyncRequest, DirSyncResponse};
+pub use entry::{AdEntry, FindScope};
 pub use error::DirectoryError;
+pub use failover::DomainDirectory;
 pub use read::{changes_since, full_read, invocation_id, read_members, ReadSpec};
 
 use crate::secret::Secret;

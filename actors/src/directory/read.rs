@@ -195,9 +195,9 @@ pub fn parse_attr_desc(desc: &str) -> (String, RangeOption) {
 
 /// One search result entry, decoded without trusting the server: DN and (description, values).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct RawEntry {
-    dn: String,
-    attrs: Vec<(String, Vec<Vec<u8>>)>,
+pub(super) struct RawEntry {
+    pub(super) dn: String,
+    pub(super) attrs: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 impl RawEntry {
@@ -262,7 +262,7 @@ fn decode_entry(tag: StructureTag) -> Result<RawEntry, &'static str> {
 
 /// A search with the session's operation timeout and optional controls, entries decoded from the raw
 /// BER (undecodable entries and continuation references are skipped). Returns the response controls.
-async fn raw_search(
+pub(super) async fn raw_search(
     session: &mut DcSession,
     base: &str,
     scope: Scope,
@@ -301,7 +301,7 @@ async fn raw_search(
     Ok((out, res.ctrls))
 }
 
-fn malformed(session: &DcSession, detail: String) -> DirectoryError {
+pub(super) fn malformed(session: &DcSession, detail: String) -> DirectoryError {
     DirectoryError::Malformed {
         url: session.endpoint.url.clone(),
         detail,
@@ -510,7 +510,7 @@ async fn lookup_kinds(
 }
 
 /// The base DN that names an object by GUID (`<GUID=…>`, AD and Samba): survives renames and moves.
-fn guid_dn(guid: &ObjectGuid) -> String {
+pub(super) fn guid_dn(guid: &ObjectGuid) -> String {
     format!("<GUID={guid}>")
 }
 
@@ -642,9 +642,105 @@ pub async fn read_members(
     group_dn: &str,
     range_size: usize,
 ) -> Result<Vec<String>, DirectoryError> {
+    continue_members(session, group_dn, range_size, 0, Vec::new()).await
+}
+
+/// One `member` window of an answer: its range option, its attribute description, its values.
+pub(super) type MemberWindow = (RangeOption, String, Vec<Vec<u8>>);
+
+/// Where a ranged member read stands after one answer.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum RangeStep {
+    /// `members` is complete.
+    Done,
+    /// Read on from this value index.
+    Next(u64),
+}
+
+/// Splits an entry's attributes into its `member` windows (any range option) and the rest.
+pub(super) fn split_member_windows(
+    attrs: Vec<(String, Vec<Vec<u8>>)>,
+) -> (Vec<MemberWindow>, Vec<(String, Vec<Vec<u8>>)>) {
+    let mut windows = Vec::new();
+    let mut rest = Vec::new();
+    for (desc, values) in attrs {
+        match parse_attr_desc(&desc) {
+            (base, range) if base == "member" => windows.push((range, desc, values)),
+            _ => rest.push((desc, values)),
+        }
+    }
+    (windows, rest)
+}
+
+/// Folds the `member` windows of one answer, asked from value index `low`, into `members`.
+/// The one place that interprets range answers (the ranged read below and `find_entries` use it).
+pub(super) fn absorb_member_window(
+    session: &DcSession,
+    group_dn: &str,
+    low: u64,
+    windows: Vec<MemberWindow>,
+    members: &mut Vec<String>,
+) -> Result<RangeStep, DirectoryError> {
+    if windows.len() > 1 {
+        return Err(malformed(
+            session,
+            format!("ranged member read of {group_dn} returned several member windows"),
+        ));
+    }
+    let Some((range, desc, values)) = windows.into_iter().next() else {
+        if low == 0 {
+            return Ok(RangeStep::Done); // no member attribute at all: an empty group
+        }
+        return Err(malformed(
+            session,
+            format!(
+                "ranged member read of {group_dn} stopped after {} values without a final window (expected {low}-*)",
+                members.len()
+            ),
+        ));
+    };
+    let count = values.len() as u64;
+    let values = values
+        .into_iter()
+        .map(String::from_utf8)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| malformed(session, format!("{group_dn}: a member value is not UTF-8")))?;
+    match range {
+        // A server that ignores the range option and sends everything, at the first window only.
+        RangeOption::Absent if low == 0 => {
+            *members = values;
+            Ok(RangeStep::Done)
+        }
+        RangeOption::Range { low: got, high } if got == low => match high {
+            None => {
+                members.extend(values);
+                Ok(RangeStep::Done)
+            }
+            Some(high) if count == high - got + 1 => {
+                members.extend(values);
+                Ok(RangeStep::Next(high + 1))
+            }
+            Some(_) => Err(malformed(
+                session,
+                format!("{group_dn}: window {desc:?} carries {count} values"),
+            )),
+        },
+        _ => Err(malformed(
+            session,
+            format!("{group_dn}: asked for member;range={low}-…, got {desc:?}"),
+        )),
+    }
+}
+
+/// Continues a ranged member read at value index `low`, `members` holding the values before it.
+pub(super) async fn continue_members(
+    session: &mut DcSession,
+    group_dn: &str,
+    range_size: usize,
+    mut low: u64,
+    mut members: Vec<String>,
+) -> Result<Vec<String>, DirectoryError> {
     let step = range_size.max(1) as u64;
-    let mut members = Vec::new();
-    let mut low = 0u64;
     for _ in 0..MAX_RANGE_ROUNDS {
         let high = low.saturating_add(step - 1);
         let (entries, _) = raw_search(
@@ -663,61 +759,10 @@ pub async fn read_members(
                 format!("ranged member read of {group_dn} returned no entry"),
             ));
         };
-        let mut windows = entry
-            .attrs
-            .into_iter()
-            .map(|(desc, values)| (parse_attr_desc(&desc), desc, values))
-            .filter(|((base, _), _, _)| base == "member");
-        let window = windows.next();
-        if windows.next().is_some() {
-            return Err(malformed(
-                session,
-                format!("ranged member read of {group_dn} returned several member windows"),
-            ));
-        }
-        let Some(((_, range), desc, values)) = window else {
-            if low == 0 {
-                return Ok(members); // no member attribute at all: an empty group
-            }
-            return Err(malformed(
-                session,
-                format!(
-                    "ranged member read of {group_dn} stopped after {} values without a final window (expected {low}-*)",
-                    members.len()
-                ),
-            ));
-        };
-        let count = values.len() as u64;
-        let values = values
-            .into_iter()
-            .map(String::from_utf8)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| malformed(session, format!("{group_dn}: a member value is not UTF-8")))?;
-        match range {
-            // A server that ignores the range option and sends everything, at the first window only.
-            RangeOption::Absent if low == 0 => return Ok(values),
-            RangeOption::Range { low: got, high } if got == low => match high {
-                None => {
-                    members.extend(values);
-                    return Ok(members);
-                }
-                Some(high) if count == high - got + 1 => {
-                    members.extend(values);
-                    low = high + 1;
-                }
-                Some(_) => {
-                    return Err(malformed(
-                        session,
-                        format!("{group_dn}: window {desc:?} carries {count} values"),
-                    ))
-                }
-            },
-            _ => {
-                return Err(malformed(
-                    session,
-                    format!("{group_dn}: asked for member;range={low}-{high}, got {desc:?}"),
-                ))
-            }
+        let (windows, _) = split_member_windows(entry.attrs);
+        match absorb_member_window(session, group_dn, low, windows, &mut members)? {
+            RangeStep::Done => return Ok(members),
+            RangeStep::Next(next) => low = next,
         }
     }
     Err(malformed(

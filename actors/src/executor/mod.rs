@@ -258,6 +258,22 @@ impl Executor {
         }
     }
 
+    /// A read of JumpCloud through the one rate limiter, retried like every other request (429,
+    /// 5xx, time-outs) within the retry budget. `call` builds the request afresh for each attempt.
+    pub async fn read<T, F, Fut>(&self, what: &str, call: F) -> Result<T, ExecError>
+    where
+        F: Fn(CloudClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::cloud::CloudError>>,
+    {
+        let mut backoff = Backoff::new(&self.inner.config.retry, None);
+        loop {
+            match self.request(what, call(self.inner.client.clone())).await {
+                Ok(v) => return Ok(v),
+                Err(e) => backoff.retry_after_failure(e).await?,
+            }
+        }
+    }
+
     /// One JumpCloud request through the pacer, errors tagged with the operation.
     async fn request<T>(
         &self,

@@ -4,6 +4,7 @@
 
 pub mod mapping;
 pub mod scope;
+pub mod to_ad;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

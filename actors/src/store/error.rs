@@ -32,6 +32,8 @@ pub enum StoreError {
     NoSuchOp { seq: u64 },
     #[error("the outbox sequence numbers are exhausted")]
     SequenceExhausted,
+    #[error("store: a blocking store task failed: {0}")]
+    Task(String),
 }
 
 impl StoreError {
@@ -53,6 +55,7 @@ impl Classified for StoreError {
             | StoreError::Encode(_)
             | StoreError::Corrupt { .. }
             | StoreError::SequenceExhausted => Disposition::Fatal,
+            StoreError::Task(_) => Disposition::Retry,
         }
     }
 }

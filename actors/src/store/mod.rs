@@ -284,6 +284,30 @@ impl Store {
         }
         txn.commit().map_err(StoreError::db)
     }
+
+    pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        let txn = self.begin_write()?;
+        {
+            let mut meta = txn.open_table(META).map_err(StoreError::db)?;
+            meta.remove(key).map_err(StoreError::db)?;
+        }
+        txn.commit().map_err(StoreError::db)
+    }
+
+    /// Every meta entry whose key starts with `prefix`, in key order.
+    pub fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let txn = self.begin_read()?;
+        let meta = txn.open_table(META).map_err(StoreError::db)?;
+        let mut out = Vec::new();
+        for row in meta.range(prefix..).map_err(StoreError::db)? {
+            let (k, v) = row.map_err(StoreError::db)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
 }
 
 /// The body of `commit_batch`, inside a caller-owned transaction (tests drop it uncommitted to

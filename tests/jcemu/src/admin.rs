@@ -117,10 +117,17 @@ async fn get_settings(State(sh): Sh) -> Response {
 }
 
 async fn put_settings(State(sh): Sh, body: Bytes) -> Response {
-    let body = match parse(&body) {
+    let mut body = match parse(&body) {
         Ok(b) => b,
         Err(r) => return r,
     };
+    // the agent channel's setting is spelled as in AGENT-CHANNEL.md; the snake_case spelling of the other
+    // settings is accepted too
+    if let Some(m) = body.as_object_mut() {
+        if let Some(v) = m.remove("agent_heartbeat_timeout_ms") {
+            m.entry("agentHeartbeatTimeoutMs").or_insert(v);
+        }
+    }
     let current = sh.settings.read().clone();
     let new: Settings = match merge(&current, body) {
         Ok(n) => n,

@@ -20,7 +20,7 @@ use crate::reqlog::redact;
 use crate::server::ConnCtl;
 use crate::shared::{Rate, Shared, Violation};
 use crate::spec::{self, OperationRef, RequestParts};
-use crate::{admin, v1, v2};
+use crate::{admin, channel, v1, v2};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
@@ -68,6 +68,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api", any(handle))
         .route("/api/{*rest}", any(handle))
         .merge(admin::routes())
+        .merge(channel::routes())
         .fallback(fallback)
         .with_state(shared)
 }

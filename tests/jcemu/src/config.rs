@@ -162,7 +162,15 @@ pub struct Settings {
     pub require_org_id: bool,
     /// Require `Content-Type: application/json` on POST/PUT/PATCH with a body (415 otherwise). Default true.
     pub require_content_type: bool,
+    /// Agent channel (AGENT-CHANNEL.md): a primary agent whose last contact is older than this loses the role
+    /// to the next agent of its AD instance that polls. Spelled as in AGENT-CHANNEL.md (`agent_heartbeat_timeout_ms`
+    /// is accepted by `PUT /__emulator/settings` too). Default 30000.
+    #[serde(rename = "agentHeartbeatTimeoutMs")]
+    pub agent_heartbeat_timeout_ms: u64,
 }
+
+/// Default of `Settings::agent_heartbeat_timeout_ms`.
+pub const DEFAULT_AGENT_HEARTBEAT_TIMEOUT_MS: u64 = 30_000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -174,6 +182,7 @@ impl Default for Settings {
             delete_usergroup_status: 204,
             require_org_id: false,
             require_content_type: true,
+            agent_heartbeat_timeout_ms: DEFAULT_AGENT_HEARTBEAT_TIMEOUT_MS,
         }
     }
 }
@@ -185,6 +194,9 @@ impl Settings {
                 "delete_usergroup_status must be 200 or 204, got {}",
                 self.delete_usergroup_status
             ));
+        }
+        if self.agent_heartbeat_timeout_ms == 0 {
+            return Err("agentHeartbeatTimeoutMs must be at least 1".into());
         }
         Ok(())
     }
@@ -228,6 +240,8 @@ pub struct Config {
     pub delete_usergroup_status: u16,
     pub require_org_id: bool,
     pub require_content_type: bool,
+    /// Agent channel: primary-agent heartbeat timeout in milliseconds (default 30000).
+    pub agent_heartbeat_timeout_ms: u64,
     /// Initial emulator clock (default: the real time). The clock then runs with real time and can be moved with
     /// `POST /__emulator/clock`.
     pub clock_start: Option<SystemTime>,
@@ -262,6 +276,7 @@ impl Default for Config {
             delete_usergroup_status: s.delete_usergroup_status,
             require_org_id: s.require_org_id,
             require_content_type: s.require_content_type,
+            agent_heartbeat_timeout_ms: s.agent_heartbeat_timeout_ms,
             clock_start: None,
         }
     }
@@ -311,6 +326,7 @@ impl Config {
             delete_usergroup_status: self.delete_usergroup_status,
             require_org_id: self.require_org_id,
             require_content_type: self.require_content_type,
+            agent_heartbeat_timeout_ms: self.agent_heartbeat_timeout_ms,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod spec;
 mod admin;
 mod api;
 mod certs;
+mod channel;
 mod clock;
 mod coalesce;
 mod config;
@@ -32,7 +33,7 @@ mod v2;
 
 pub use config::{
     is_object_id, Config, DefaultUserState, FaultSettings, LimitPolicy, PasswordPolicy, Settings,
-    DEFAULT_API_KEY, DEFAULT_ORG_ID,
+    DEFAULT_AGENT_HEARTBEAT_TIMEOUT_MS, DEFAULT_API_KEY, DEFAULT_ORG_ID,
 };
 pub use error::Error;
 pub use server::Emulator;

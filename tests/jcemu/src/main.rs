@@ -76,6 +76,9 @@ struct Cli {
     /// Do not require Content-Type: application/json on bodies (no 415).
     #[arg(long)]
     no_content_type_check: bool,
+    /// Agent channel: a primary agent silent for longer than this loses the role (milliseconds).
+    #[arg(long, default_value_t = jcemu::DEFAULT_AGENT_HEARTBEAT_TIMEOUT_MS)]
+    agent_heartbeat_timeout_ms: u64,
 }
 
 async fn shutdown_signal() {
@@ -152,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         delete_usergroup_status: cli.delete_usergroup_status,
         require_org_id: cli.require_org_id,
         require_content_type: !cli.no_content_type_check,
+        agent_heartbeat_timeout_ms: cli.agent_heartbeat_timeout_ms,
         clock_start: None,
     };
     let emu = jcemu::Emulator::start(config).await?;

@@ -10,6 +10,7 @@ use crate::http::ApiError;
 use crate::password::PwHash;
 
 pub mod ad;
+pub mod channel;
 pub mod groups;
 pub mod users;
 
@@ -54,6 +55,11 @@ pub struct AgentRec {
     pub version: Option<String>,
     pub source_ip: Option<String>,
     pub contact_at_ms: Option<i64>,
+    /// Agent channel credentials (set by `POST /__agent-channel/v1/register`; never shown or logged).
+    pub secret: Option<String>,
+    pub payload_key: Option<[u8; 32]>,
+    /// Long polls of this agent in progress (they count as contact for the primary election).
+    pub waiting: u32,
 }
 
 /// A target of an AD association: ("user" | "user_group", id).
@@ -80,6 +86,8 @@ pub struct Store {
     pub assoc_rev: HashMap<String, BTreeSet<String>>,
     pub agents: BTreeMap<String, AgentRec>,
     connect_keys: HashMap<String, String>,
+    /// The agent channel: event log, cursors, reports (AGENT-CHANNEL.md).
+    channel: channel::Channel,
 }
 
 impl Store {
@@ -96,12 +104,14 @@ impl Store {
         format!("{ID_PREFIX:08x}{:016x}", self.next_id)
     }
 
-    /// Empties everything except the id counters.
+    /// Empties everything except the id counters and the agent channel's sequence.
     pub fn reset(&mut self) {
         let (next_id, next_uid) = (self.next_id, self.next_uid);
+        let channel = std::mem::take(&mut self.channel).after_reset();
         *self = Store::default();
         self.next_id = next_id;
         self.next_uid = next_uid;
+        self.channel = channel;
     }
 
     /// The state document of `GET /__emulator/state`.
@@ -148,6 +158,7 @@ impl Store {
                     "hostname": a.hostname,
                     "createdAt": format_ms(a.created_ms),
                     "contactAt": a.contact_at_ms.map(format_ms),
+                    "primary": self.is_primary(&a.id),
                 })
             })
             .collect();
@@ -157,6 +168,7 @@ impl Store {
             .filter(|(_, u)| !u.pw.is_empty())
             .map(|(id, u)| json!({"user_id": id, "password_date": u.doc.get("password_date").cloned().unwrap_or(Value::Null)}))
             .collect();
+        let (agent_channel, agent_reports) = self.channel_state();
         json!({
             "now": format_ms(now_ms),
             "users": users,
@@ -166,6 +178,8 @@ impl Store {
             "associations": associations,
             "agents": agents,
             "passwords": passwords,
+            "agentChannel": agent_channel,
+            "agentReports": agent_reports,
         })
     }
 }

@@ -238,11 +238,15 @@ fn get_user(sh: &Shared, id: &str, req: &Req) -> ApiResult {
     )))
 }
 
-fn has_password(req: &Req) -> bool {
+fn password_of(req: &Req) -> Option<&str> {
     req.body
         .as_ref()
         .and_then(|b| b.get("password"))
-        .is_some_and(Value::is_string)
+        .and_then(Value::as_str)
+}
+
+fn has_password(req: &Req) -> bool {
+    password_of(req).is_some()
 }
 
 fn create_user(sh: &Shared, req: &Req) -> ApiResult {
@@ -260,7 +264,14 @@ fn create_user(sh: &Shared, req: &Req) -> ApiResult {
         full_details: req.full_details(),
         salt,
     };
-    let doc = sh.store.write().create_user(req.body.as_ref(), &ctx)?;
+    let mut store = sh.store.write();
+    let doc = store.create_user(req.body.as_ref(), &ctx)?;
+    if let Some(id) = doc.get("_id").and_then(Value::as_str) {
+        store.event_user(ctx.now_ms, "create", id);
+        if let Some(p) = password_of(req) {
+            store.event_password(ctx.now_ms, id, p);
+        }
+    }
     Ok(ApiResponse::ok(Value::Object(doc)))
 }
 
@@ -279,13 +290,20 @@ fn put_user(sh: &Shared, id: &str, req: &Req) -> ApiResult {
         full_details: req.full_details(),
         salt,
     };
-    let doc = sh.store.write().update_user(id, req.body.as_ref(), &ctx)?;
+    let mut store = sh.store.write();
+    let doc = store.update_user(id, req.body.as_ref(), &ctx)?;
+    store.event_user(ctx.now_ms, "update", id);
+    if let Some(p) = password_of(req) {
+        store.event_password(ctx.now_ms, id, p);
+    }
     Ok(ApiResponse::ok(Value::Object(doc)))
 }
 
 fn delete_user(sh: &Shared, id: &str, req: &Req) -> ApiResult {
     let cascade = req.query.get("cascade_manager") == Some("null");
-    let doc = sh.store.write().delete_user(id, cascade)?;
+    let mut store = sh.store.write();
+    let doc = store.delete_user(id, cascade)?;
+    store.event_user(sh.clock.now_ms(), "delete", id);
     Ok(ApiResponse::ok(Value::Object(doc)))
 }
 
@@ -305,7 +323,9 @@ fn set_password(sh: &Shared, id: &str, req: &Req) -> ApiResult {
         full_details: req.full_details(),
         salt: sh.salt(),
     };
-    sh.store.write().set_password(id, password, &ctx)?;
+    let mut store = sh.store.write();
+    store.set_password(id, password, &ctx)?;
+    store.event_password(ctx.now_ms, id, password);
     Ok(ApiResponse::empty(200))
 }
 
@@ -323,7 +343,9 @@ fn activate(sh: &Shared, id: &str, req: &Req) -> ApiResult {
         },
         Some(_) => return Err(ApiError::bad_request("request body must be a JSON object")),
     }
-    sh.store.write().activate_user(id)?;
+    let mut store = sh.store.write();
+    store.activate_user(id)?;
+    store.event_user(sh.clock.now_ms(), "update", id);
     Ok(ApiResponse::ok(Value::String("OK".into())))
 }
 
@@ -331,6 +353,8 @@ fn suspend(sh: &Shared, id: &str, req: &Req) -> ApiResult {
     if !req.body_empty {
         return Err(ApiError::bad_request("Request body must be empty."));
     }
-    sh.store.write().suspend_user(id)?;
+    let mut store = sh.store.write();
+    store.suspend_user(id)?;
+    store.event_user(sh.clock.now_ms(), "update", id);
     Ok(ApiResponse::empty(200))
 }

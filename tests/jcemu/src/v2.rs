@@ -17,11 +17,15 @@ pub fn dispatch(sh: &Shared, method: &Method, segs: &[String], req: &Req) -> Opt
             let store = sh.store.read();
             list(sh, req, store.groups.values(), None)
         }
-        ("POST", ["usergroups"]) => sh
-            .store
-            .write()
-            .create_group(req.body.as_ref(), &sh.org_id)
-            .map(|d| ApiResponse::json(201, Value::Object(d))),
+        ("POST", ["usergroups"]) => {
+            let mut store = sh.store.write();
+            store.create_group(req.body.as_ref(), &sh.org_id).map(|d| {
+                if let Some(id) = d.get("id").and_then(Value::as_str) {
+                    store.event_group(sh.clock.now_ms(), "create", id);
+                }
+                ApiResponse::json(201, Value::Object(d))
+            })
+        }
         ("GET", ["usergroups", id]) => sh
             .store
             .read()
@@ -29,14 +33,18 @@ pub fn dispatch(sh: &Shared, method: &Method, segs: &[String], req: &Req) -> Opt
             .get(*id)
             .map(|g| ApiResponse::ok(Value::Object(g.clone())))
             .ok_or_else(|| ApiError::not_found("user group not found")),
-        ("PUT", ["usergroups", id]) => sh
-            .store
-            .write()
-            .put_group(id, req.body.as_ref(), &sh.org_id)
-            .map(|d| ApiResponse::ok(Value::Object(d))),
+        ("PUT", ["usergroups", id]) => {
+            let mut store = sh.store.write();
+            store.put_group(id, req.body.as_ref(), &sh.org_id).map(|d| {
+                store.event_group(sh.clock.now_ms(), "update", id);
+                ApiResponse::ok(Value::Object(d))
+            })
+        }
         ("DELETE", ["usergroups", id]) => {
             let status = sh.settings.read().delete_usergroup_status;
-            sh.store.write().delete_group(id).map(|d| {
+            let mut store = sh.store.write();
+            store.delete_group(id).map(|d| {
+                store.event_group(sh.clock.now_ms(), "delete", id);
                 if status == 200 {
                     ApiResponse::ok(Value::Object(d))
                 } else {
@@ -52,7 +60,11 @@ pub fn dispatch(sh: &Shared, method: &Method, segs: &[String], req: &Req) -> Opt
         }
         ("POST", ["usergroups", id, "members"]) => {
             graph_post(sh, req, &["user"], |store, op, idem| {
-                store.member_op(id, op, idem)
+                let (verb, user) = (op.op.clone(), op.id.clone());
+                if store.member_op(id, op, idem)? {
+                    store.event_member(sh.clock.now_ms(), &verb, id, &user);
+                }
+                Ok(())
             })
         }
         ("GET", ["usergroups", id, "membership"]) => {
@@ -73,7 +85,11 @@ pub fn dispatch(sh: &Shared, method: &Method, segs: &[String], req: &Req) -> Opt
         }
         ("POST", ["usergroups", id, "associations"]) => {
             graph_post(sh, req, USER_TARGETS, |store, op, idem| {
-                store.object_assoc_op("user_group", id, op, idem)
+                let (verb, ad) = (op.op.clone(), op.id.clone());
+                if store.object_assoc_op("user_group", id, op, idem)? {
+                    store.event_association(sh.clock.now_ms(), &verb, &ad, "user_group", id);
+                }
+                Ok(())
             })
         }
         ("GET", ["usergroups", id, "activedirectories"]) => {
@@ -101,7 +117,11 @@ pub fn dispatch(sh: &Shared, method: &Method, segs: &[String], req: &Req) -> Opt
         }
         ("POST", ["users", id, "associations"]) => {
             graph_post(sh, req, USER_TARGETS, |store, op, idem| {
-                store.object_assoc_op("user", id, op, idem)
+                let (verb, ad) = (op.op.clone(), op.id.clone());
+                if store.object_assoc_op("user", id, op, idem)? {
+                    store.event_association(sh.clock.now_ms(), &verb, &ad, "user", id);
+                }
+                Ok(())
             })
         }
         ("GET", ["users", id, "activedirectories"]) => {
@@ -172,16 +192,35 @@ pub fn dispatch(sh: &Shared, method: &Method, segs: &[String], req: &Req) -> Opt
         }
         ("POST", ["activedirectories", id, "associations"]) => {
             graph_post(sh, req, &["user", "user_group"], |store, op, idem| {
-                store.ad_assoc_op(id, &op.kind, &op.id, &op.op, op.attributes, idem)
+                if store.ad_assoc_op(id, &op.kind, &op.id, &op.op, op.attributes, idem)? {
+                    store.event_association(sh.clock.now_ms(), &op.op, id, &op.kind, &op.id);
+                }
+                Ok(())
             })
         }
         ("GET", ["activedirectories", id, "users"]) => {
-            if let Err(e) = bool_param(req, "syncStatus") {
-                return Some(Err(e));
-            }
+            let sync_status = match bool_param(req, "syncStatus") {
+                Ok(s) => s == Some(true),
+                Err(e) => return Some(Err(e)),
+            };
             let store = sh.store.read();
             store
                 .ad_users(id)
+                .map(|mut items| {
+                    if sync_status {
+                        // the newest agent report of each user (AGENT-CHANNEL.md)
+                        for item in &mut items {
+                            let status = item
+                                .get("id")
+                                .and_then(Value::as_str)
+                                .and_then(|u| store.sync_status(id, u));
+                            if let Some(st) = status {
+                                item.insert("syncStatus".into(), st);
+                            }
+                        }
+                    }
+                    items
+                })
                 .and_then(|items| graph_list(sh, req, items, None))
         }
         ("GET", ["activedirectories", id, "usergroups"]) => {

@@ -212,6 +212,7 @@ impl Store {
                 }
             }
         }
+        self.channel_forget_ad(id);
         Ok(doc)
     }
 
@@ -266,6 +267,9 @@ impl Store {
             version: None,
             source_ip: None,
             contact_at_ms: None,
+            secret: None,
+            payload_key: None,
+            waiting: 0,
         };
         let out = rec.created_json();
         self.connect_keys.insert(connect_key, id.clone());
@@ -406,7 +410,7 @@ impl Store {
         }
     }
 
-    /// Adds/removes/updates the edge AD ↔ (kind, id).
+    /// Adds/removes/updates the edge AD ↔ (kind, id). `Ok(true)` when an edge was really added or removed.
     pub fn ad_assoc_op(
         &mut self,
         ad_id: &str,
@@ -415,7 +419,7 @@ impl Store {
         op: &str,
         attributes: Option<Value>,
         idempotent: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         self.ad_exists(ad_id)?;
         if !self.target_exists(kind, id) {
             return Err(ApiError::not_found(format!("{kind} {id} not found")));
@@ -423,6 +427,7 @@ impl Store {
         let key: Target = (kind.to_string(), id.to_string());
         let edges = self.ad_assoc.entry(ad_id.to_string()).or_default();
         let present = edges.contains_key(&key);
+        let mut changed = false;
         match op {
             "add" if present => {
                 if !idempotent {
@@ -435,6 +440,7 @@ impl Store {
                     .entry(id.to_string())
                     .or_default()
                     .insert(ad_id.to_string());
+                changed = true;
             }
             "update" if present => {
                 edges.insert(key, attributes);
@@ -445,6 +451,7 @@ impl Store {
                 if let Some(ads) = self.assoc_rev.get_mut(id) {
                     ads.remove(ad_id);
                 }
+                changed = true;
             }
             _ => {
                 if !idempotent {
@@ -452,7 +459,7 @@ impl Store {
                 }
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// `POST /users/{id}/associations` and `POST /usergroups/{id}/associations`: only `active_directory`
@@ -463,7 +470,7 @@ impl Store {
         id: &str,
         op: GraphOp,
         idempotent: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         if !self.target_exists(kind, id) {
             return Err(ApiError::not_found(format!("{kind} not found")));
         }

@@ -237,13 +237,13 @@ impl Store {
         Ok(doc)
     }
 
-    /// `POST /usergroups/{group_id}/members`.
+    /// `POST /usergroups/{group_id}/members`. `Ok(true)` when a member was really added or removed.
     pub fn member_op(
         &mut self,
         group_id: &str,
         op: GraphOp,
         idempotent: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         if !self.groups.contains_key(group_id) {
             return Err(ApiError::not_found("user group not found"));
         }
@@ -252,6 +252,7 @@ impl Store {
         }
         let members = self.members.entry(group_id.to_string()).or_default();
         let present = members.contains_key(&op.id);
+        let mut changed = false;
         match op.op.as_str() {
             "add" if present => {
                 if !idempotent {
@@ -264,6 +265,7 @@ impl Store {
                     .entry(op.id)
                     .or_default()
                     .insert(group_id.to_string());
+                changed = true;
             }
             "update" if present => {
                 members.insert(op.id, op.attributes);
@@ -274,6 +276,7 @@ impl Store {
                 if let Some(gs) = self.memberof.get_mut(&op.id) {
                     gs.remove(group_id);
                 }
+                changed = true;
             }
             _ => {
                 if !idempotent {
@@ -281,7 +284,7 @@ impl Store {
                 }
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// `GET /usergroups/{group_id}/members`: direct members as `GraphConnection`s.

@@ -1,6 +1,7 @@
 //! jcemu integration tests (one test binary).
 
 mod ad;
+mod channel;
 mod common;
 mod conformance;
 mod faults;

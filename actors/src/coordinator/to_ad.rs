@@ -1,0 +1,1399 @@
+//! The JumpCloud → AD engine of one domain (one JumpCloud AD instance): what the sync coordinator runs
+//! per domain in `jumpcloud-authoritative` mode.
+//!
+//! How it stays correct without an outbox: every write is derived from *both sides as they are now*
+//! (the JumpCloud object read through the public API, the AD object found by its ownership marker), so
+//! replaying a change is harmless — a write whose effect is already in AD is not planned again. The
+//! channel cursor is acknowledged only after a page of changes was fully applied; a crash, a DC failover
+//! or a primary-agent takeover re-delivers the unacknowledged page and it converges to the same state.
+//! Passwords, which cannot be read back, are made idempotent by the AD object itself: the password and
+//! the marker's `;pw=<seq>` are written in one LDAP modify, and a password event whose seq is not newer
+//! than the marker's is skipped.
+//!
+//! Cost is proportional to changes: after one full reconcile (on becoming primary), each page of events
+//! is coalesced per object and each touched object costs a few API reads and one or two AD operations.
+//! Managed AD objects are kept in an in-memory index (built by the reconcile, kept by our own writes);
+//! a stale entry (an admin moved or deleted the object) is noticed by the failed write and re-read.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::channel::{
+    AgentChannel, ChannelError, ChannelEvent, EventKind, Report, ReportCode, ReportKind, Role,
+};
+use crate::cloud::{AssocTarget, JcGroup, JcProfile};
+use crate::dc::{AttrChange, DirReply, DirRequest};
+use crate::directory::entry::{AdEntry, FindScope};
+use crate::directory::failover::DomainDirectory;
+use crate::directory::DirectoryError;
+use crate::disposition::{Classified, Disposition};
+use crate::executor::{ExecError, Executor};
+use crate::plan::to_ad::{
+    any_marker_filter, escape_filter_value, marker_value, parse_marker, plan_group, plan_user,
+    AdGroup, AdUser, GroupPlan, RemovalAction, ToAdRules, UserPlan, MARKER_ATTRIBUTE,
+    UAC_ACCOUNTDISABLE, UAC_NORMAL_ACCOUNT,
+};
+use crate::secret::Secret;
+use crate::store::{Store, StoreError};
+
+/// Values per LDAP modify when membership changes (never one huge replace).
+pub const MEMBER_CHUNK: usize = 500;
+
+/// One domain's JumpCloud → AD settings.
+#[derive(Clone)]
+pub struct ToAdDomain {
+    pub name: String,
+    pub base_dn: String,
+    pub ad_instance_id: String,
+    pub rules: ToAdRules,
+    pub directory: DomainDirectory,
+    pub channel: Arc<dyn AgentChannel>,
+}
+
+/// Pacing and safety shared by every domain.
+#[derive(Clone, Debug)]
+pub struct ToAdSettings {
+    pub max_removals: u32,
+    pub max_removal_percent: u32,
+    /// `echo N > <file>` approves N held removals once.
+    pub approve_file: Option<PathBuf>,
+    /// How long one channel poll waits for a change.
+    pub poll_wait: Duration,
+    /// How often a standby agent asks whether it became primary.
+    pub standby_every: Duration,
+}
+
+impl Default for ToAdSettings {
+    fn default() -> Self {
+        ToAdSettings {
+            max_removals: 500,
+            max_removal_percent: 20,
+            approve_file: None,
+            poll_wait: Duration::from_secs(20),
+            standby_every: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToAdError {
+    #[error("domain {domain}: {source}")]
+    Directory {
+        domain: String,
+        #[source]
+        source: DirectoryError,
+    },
+    #[error(transparent)]
+    Api(#[from] ExecError),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Classified for ToAdError {
+    fn disposition(&self) -> Disposition {
+        match self {
+            ToAdError::Directory { source, .. } => source.disposition(),
+            ToAdError::Api(e) => e.disposition(),
+            ToAdError::Channel(e) => e.disposition(),
+            ToAdError::Store(e) => e.disposition(),
+        }
+    }
+}
+
+/// Counters of what the engine did (tests and status read them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToAdStats {
+    pub writes: u64,
+    pub creates: u64,
+    pub removals: u64,
+    pub passwords_set: u64,
+    pub passwords_rejected: u64,
+    pub refused: u64,
+    pub held_removals: u64,
+}
+
+/// Store meta keys (per domain).
+fn cursor_key(domain: &str) -> String {
+    format!("to_ad/{domain}/cursor")
+}
+fn error_key(domain: &str, id: &str) -> String {
+    format!("to_ad/{domain}/error/{id}")
+}
+fn rejected_key(domain: &str, id: &str) -> String {
+    format!("to_ad/{domain}/password_rejected/{id}")
+}
+
+const USER_ATTRS: &[&str] = &[
+    "objectClass",
+    "objectGUID",
+    "sAMAccountName",
+    "userPrincipalName",
+    "userAccountControl",
+    "adminCount",
+    "isCriticalSystemObject",
+    "pwdLastSet",
+    "description",
+    "member",
+];
+
+/// The engine of one domain. Owned by one task; never shared.
+pub struct ToAdEngine {
+    d: ToAdDomain,
+    settings: ToAdSettings,
+    api: Executor,
+    store: Store,
+    users: HashMap<String, AdUser>,
+    groups: HashMap<String, AdGroup>,
+    cursor: u64,
+    reconciled: bool,
+    reports: Vec<Report>,
+    pub stats: ToAdStats,
+    /// Removals held by the guard since the last approval (re-planned by a reconcile once approved).
+    held: bool,
+}
+
+impl ToAdEngine {
+    pub fn new(
+        d: ToAdDomain,
+        settings: ToAdSettings,
+        api: Executor,
+        store: Store,
+    ) -> Result<Self, ToAdError> {
+        let cursor = store
+            .get_meta(&cursor_key(&d.name))?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(ToAdEngine {
+            d,
+            settings,
+            api,
+            store,
+            users: HashMap::new(),
+            groups: HashMap::new(),
+            cursor,
+            reconciled: false,
+            reports: Vec::new(),
+            stats: ToAdStats::default(),
+            held: false,
+        })
+    }
+
+    fn dir_err(&self, source: DirectoryError) -> ToAdError {
+        ToAdError::Directory {
+            domain: self.d.name.clone(),
+            source,
+        }
+    }
+
+    /// Runs until `stop` turns true: poll, reconcile when becoming primary, apply pages.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let domain = self.d.name.clone();
+        let mut failures = 0u32;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let wait = if self.reconciled {
+                self.settings.poll_wait
+            } else {
+                Duration::ZERO
+            };
+            let step = tokio::select! {
+                r = self.step(wait) => r,
+                _ = stop.changed() => return,
+            };
+            match step {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let pause = match e.disposition() {
+                        Disposition::Fatal => Duration::from_secs(30),
+                        Disposition::Throttled { retry_after } => {
+                            retry_after.unwrap_or(Duration::from_secs(5))
+                        }
+                        _ => Duration::from_millis(250 * u64::from(failures.min(20))),
+                    };
+                    tracing::warn!(domain = %domain, error = %e, retry_in_ms = pause.as_millis() as u64, "JumpCloud → AD sync step failed; the page will be applied again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {},
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One poll and what follows it.
+    pub async fn step(&mut self, wait: Duration) -> Result<(), ToAdError> {
+        self.flush_reports().await;
+        let page = self.d.channel.poll(self.cursor, wait).await?;
+        if page.role == Role::Standby {
+            if self.reconciled {
+                tracing::info!(domain = %self.d.name, primary = ?page.primary_agent, "this agent is standby now");
+            }
+            self.reconciled = false;
+            tokio::time::sleep(self.settings.standby_every).await;
+            return Ok(());
+        }
+        if !self.reconciled || (self.held && self.approved_removals() > 0) {
+            tracing::info!(domain = %self.d.name, "primary for the AD instance: reconciling JumpCloud and AD");
+            self.reconcile().await?;
+            self.reconciled = true;
+        }
+        if page.events.is_empty() {
+            return Ok(());
+        }
+        let last = page
+            .events
+            .iter()
+            .map(|e| e.seq)
+            .max()
+            .unwrap_or(self.cursor);
+        self.apply_events(&page.events).await?;
+        self.cursor = last.max(self.cursor);
+        let (store, key, value) = (
+            self.store.clone(),
+            cursor_key(&self.d.name),
+            self.cursor.to_string(),
+        );
+        tokio::task::spawn_blocking(move || store.set_meta(&key, &value))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    fn approved_removals(&self) -> u32 {
+        self.settings
+            .approve_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    // ---- reading AD ----
+
+    async fn find(
+        &self,
+        base: &str,
+        scope: FindScope,
+        filter: String,
+        attrs: &[&str],
+        members: bool,
+    ) -> Result<Vec<AdEntry>, ToAdError> {
+        let mut wanted: Vec<String> = attrs.iter().map(|a| a.to_string()).collect();
+        wanted.push(MARKER_ATTRIBUTE.to_owned());
+        for (_, ad) in &self.d.rules.attributes {
+            wanted.push(ad.clone());
+        }
+        match self
+            .d
+            .directory
+            .run(DirRequest::Find {
+                base: base.to_owned(),
+                scope,
+                filter,
+                attrs: wanted,
+                members,
+            })
+            .await
+        {
+            Ok(DirReply::Entries(e)) => Ok(e),
+            Ok(_) => Ok(Vec::new()),
+            Err(e) => Err(self.dir_err(e)),
+        }
+    }
+
+    async fn write(&mut self, req: DirRequest) -> Result<(), DirectoryError> {
+        self.d.directory.run(req).await.map(|_| {
+            self.stats.writes += 1;
+        })
+    }
+
+    /// Reads every managed object of the domain into the index.
+    async fn load_index(&mut self) -> Result<(), ToAdError> {
+        let entries = self
+            .find(
+                &self.d.base_dn.clone(),
+                FindScope::Subtree,
+                any_marker_filter(),
+                USER_ATTRS,
+                true,
+            )
+            .await?;
+        self.users.clear();
+        self.groups.clear();
+        for e in entries {
+            let Some(m) = e.first(MARKER_ATTRIBUTE).and_then(parse_marker) else {
+                continue;
+            };
+            if e.has_class("group") {
+                self.groups.insert(m.id.clone(), to_group(&e));
+            } else if e.has_class("user") {
+                self.users.insert(m.id.clone(), to_user(&e));
+            }
+        }
+        Ok(())
+    }
+
+    /// AD users (not managed for `except`) with these sAMAccountNames, in batches of 50 per search.
+    async fn by_sam(
+        &self,
+        names: &[String],
+        group: bool,
+    ) -> Result<HashMap<String, AdEntry>, ToAdError> {
+        let mut out = HashMap::new();
+        for chunk in names.chunks(50) {
+            let filter = format!(
+                "(&(objectClass={})(|{}))",
+                if group { "group" } else { "user" },
+                chunk
+                    .iter()
+                    .map(|n| format!("(sAMAccountName={})", escape_filter_value(n)))
+                    .collect::<String>()
+            );
+            for e in self
+                .find(
+                    &self.d.base_dn.clone(),
+                    FindScope::Subtree,
+                    filter,
+                    USER_ATTRS,
+                    false,
+                )
+                .await?
+            {
+                if let Some(sam) = e.first("samaccountname") {
+                    out.insert(sam.to_lowercase(), e.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- reading JumpCloud ----
+
+    async fn paged_ids<F, Fut>(&self, what: &str, f: F) -> Result<Vec<String>, ToAdError>
+    where
+        F: Fn(crate::cloud::CloudClient, usize) -> Fut + Clone,
+        Fut: std::future::Future<Output = Result<Vec<String>, crate::cloud::CloudError>>,
+    {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        loop {
+            let skip = out.len();
+            let f = f.clone();
+            let page = self.api.read(what, move |c| f(c, skip)).await?;
+            let n = page.len();
+            out.extend(page.into_iter().filter(|id| seen.insert(id.clone())));
+            if n < crate::cloud::PAGE_LIMIT {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn jc_members(&self, group: &str) -> Result<Vec<String>, ToAdError> {
+        let g = group.to_owned();
+        self.paged_ids("ListGroupMembers", move |c, skip| {
+            let g = g.clone();
+            async move { c.member_ids(&g, skip).await }
+        })
+        .await
+    }
+
+    async fn jc_profile(&self, id: &str) -> Result<Option<(JcProfile, bool)>, ToAdError> {
+        let uid = id.to_owned();
+        let Some(p) = self
+            .api
+            .read("GetUser", move |c| {
+                let uid = uid.clone();
+                async move { c.get_profile(&uid).await }
+            })
+            .await?
+        else {
+            return Ok(None);
+        };
+        let uid = id.to_owned();
+        let ads = self
+            .api
+            .read("UserActiveDirectories", move |c| {
+                let uid = uid.clone();
+                async move { c.user_ad_ids(&uid).await }
+            })
+            .await?;
+        let bound = ads.iter().any(|a| a == &self.d.ad_instance_id);
+        Ok(Some((p, bound)))
+    }
+
+    async fn jc_group(&self, id: &str) -> Result<Option<(JcGroup, bool)>, ToAdError> {
+        let gid = id.to_owned();
+        let Some(g) = self
+            .api
+            .read("GetGroup", move |c| {
+                let gid = gid.clone();
+                async move { c.get_group(&gid).await }
+            })
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (gid, ad) = (id.to_owned(), self.d.ad_instance_id.clone());
+        let bound = self
+            .api
+            .read("GroupAssociations", move |c| {
+                let (gid, ad) = (gid.clone(), ad.clone());
+                async move {
+                    match c.is_associated(&ad, AssocTarget::UserGroup, &gid).await {
+                        Err(e) if e.is_not_found() => Ok(false),
+                        other => other,
+                    }
+                }
+            })
+            .await?;
+        Ok(Some((g, bound)))
+    }
+
+    // ---- the full reconcile ----
+
+    /// Both sides in full: every bound user and group against every managed AD object.
+    pub async fn reconcile(&mut self) -> Result<(), ToAdError> {
+        self.load_index().await?;
+        let ad = self.d.ad_instance_id.clone();
+        let user_ids = self
+            .paged_ids("BoundUsers", move |c, skip| {
+                let ad = ad.clone();
+                async move { c.bound_user_ids(&ad, skip).await }
+            })
+            .await?;
+        let ad = self.d.ad_instance_id.clone();
+        let group_ids = self
+            .paged_ids("BoundGroups", move |c, skip| {
+                let ad = ad.clone();
+                async move { c.bound_group_ids(&ad, skip).await }
+            })
+            .await?;
+        let mut profiles: BTreeMap<String, JcProfile> = BTreeMap::new();
+        for chunk in user_ids.chunks(crate::cloud::PAGE_LIMIT) {
+            let ids = chunk.to_vec();
+            let page = self
+                .api
+                .read("GetUsers", move |c| {
+                    let ids = ids.clone();
+                    async move { c.get_profiles(&ids).await }
+                })
+                .await?;
+            profiles.extend(page.into_iter().map(|p| (p.id.clone(), p)));
+        }
+        // Users: bound ones and managed ones.
+        let mut ids: BTreeSet<String> = profiles.keys().cloned().collect();
+        ids.extend(self.users.keys().cloned());
+        let new_names: Vec<String> = profiles
+            .values()
+            .filter(|p| !self.users.contains_key(&p.id))
+            .map(|p| p.username.clone())
+            .collect();
+        let same = self.by_sam(&new_names, false).await?;
+        let mut plans = Vec::new();
+        for id in &ids {
+            let jc = profiles.get(id).map(|p| (p, true));
+            let managed = self.users.get(id);
+            let same_name = match (managed, jc) {
+                (None, Some((p, _))) => same.get(&p.username.to_lowercase()).map(to_user),
+                _ => None,
+            };
+            plans.push((
+                id.clone(),
+                plan_user(jc, managed, same_name.as_ref(), &self.d.rules),
+            ));
+        }
+        let budget = self.removal_budget(plans.iter().filter(|(_, p)| p.is_removal()).count());
+        self.apply_user_plans(plans, budget).await?;
+
+        // Groups.
+        let mut gids: BTreeSet<String> = group_ids.iter().cloned().collect();
+        gids.extend(self.groups.keys().cloned());
+        let mut removals = 0usize;
+        let mut group_plans = Vec::new();
+        for gid in &gids {
+            let plan = self.plan_group_now(gid).await?;
+            removals += plan.1.is_removal() as usize;
+            group_plans.push(plan);
+        }
+        let budget = self.removal_budget(removals);
+        self.apply_group_plans(group_plans, budget).await?;
+        Ok(())
+    }
+
+    /// How many of `removals` may run now (all, or none when the guard holds them).
+    fn removal_budget(&mut self, removals: usize) -> bool {
+        if removals == 0 {
+            return true;
+        }
+        let scope = self.users.len() + self.groups.len();
+        let by_percent = (scope * self.settings.max_removal_percent as usize).div_ceil(100);
+        let limit = (self.settings.max_removals as usize).min(by_percent);
+        let approved = self.approved_removals() as usize;
+        if removals <= limit || removals <= approved {
+            if approved > 0 && removals > limit {
+                if let Some(p) = &self.settings.approve_file {
+                    let _ = std::fs::remove_file(p);
+                    tracing::warn!(file = %p.display(), "approved removals used; approval consumed");
+                }
+                self.held = false;
+            }
+            return true;
+        }
+        self.held = true;
+        self.stats.held_removals += removals as u64;
+        tracing::error!(
+            domain = %self.d.name,
+            removals,
+            limit,
+            "mass-removal guard: {removals} AD disables/deletions held back (limit {limit}); other changes continue. If this is intended, approve them: echo {removals} > {}",
+            self.settings.approve_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<state_dir>/approve-removals".into())
+        );
+        false
+    }
+
+    // ---- applying ----
+
+    async fn apply_user_plans(
+        &mut self,
+        plans: Vec<(String, UserPlan)>,
+        removals_allowed: bool,
+    ) -> Result<(), ToAdError> {
+        for (id, plan) in plans {
+            if plan.is_removal() && !removals_allowed {
+                continue;
+            }
+            self.apply_user(&id, plan).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_group_plans(
+        &mut self,
+        plans: Vec<(String, GroupPlan)>,
+        removals_allowed: bool,
+    ) -> Result<(), ToAdError> {
+        for (id, plan) in plans {
+            if plan.is_removal() && !removals_allowed {
+                continue;
+            }
+            self.apply_group(&id, plan).await?;
+        }
+        Ok(())
+    }
+
+    /// A per-object failure (bad input, missing rights): recorded on the object, the rest goes on.
+    /// Anything else stops the page (it is applied again).
+    async fn per_object(
+        &mut self,
+        id: &str,
+        kind: ReportKind,
+        r: Result<(), DirectoryError>,
+    ) -> Result<(), ToAdError> {
+        match r {
+            Ok(()) => {
+                self.clear_error(id).await;
+                Ok(())
+            }
+            Err(e) if matches!(e.disposition(), Disposition::BadInput) => {
+                let reason = e.to_string();
+                tracing::warn!(domain = %self.d.name, object = id, error = %reason, "AD refused a write for this object; it is skipped until it changes");
+                self.record_error(id, &reason).await;
+                self.reports.push(Report {
+                    kind,
+                    id: id.to_owned(),
+                    seq: self.cursor,
+                    code: ReportCode::Error,
+                    message: reason,
+                });
+                Ok(())
+            }
+            Err(e) => Err(self.dir_err(e)),
+        }
+    }
+
+    async fn refuse(&mut self, id: &str, kind: ReportKind, reason: String) {
+        self.stats.refused += 1;
+        let key = error_key(&self.d.name, id);
+        let known = self.store.get_meta(&key).ok().flatten();
+        if known.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(domain = %self.d.name, object = id, "not synced to AD: {reason}");
+            self.reports.push(Report {
+                kind,
+                id: id.to_owned(),
+                seq: self.cursor,
+                code: ReportCode::Error,
+                message: reason.clone(),
+            });
+        }
+        self.record_error(id, &reason).await;
+    }
+
+    async fn record_error(&self, id: &str, reason: &str) {
+        let (store, key, value) = (
+            self.store.clone(),
+            error_key(&self.d.name, id),
+            reason.to_owned(),
+        );
+        let _ = tokio::task::spawn_blocking(move || store.set_meta(&key, &value)).await;
+    }
+
+    async fn clear_error(&self, id: &str) {
+        let key = error_key(&self.d.name, id);
+        if self.store.get_meta(&key).ok().flatten().is_some() {
+            let store = self.store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.delete_meta(&key)).await;
+        }
+    }
+
+    async fn apply_user(&mut self, id: &str, plan: UserPlan) -> Result<(), ToAdError> {
+        match plan {
+            UserPlan::Nothing => Ok(()),
+            UserPlan::Refuse { reason } => {
+                self.refuse(id, ReportKind::User, reason).await;
+                Ok(())
+            }
+            UserPlan::Create { dn, attrs, enable } => {
+                let r = self.create_user(id, &dn, &attrs, enable).await;
+                self.per_object(id, ReportKind::User, r).await
+            }
+            UserPlan::Update {
+                dn,
+                writes,
+                uac,
+                rename_to,
+                adopt,
+            } => {
+                let r = self
+                    .update_user(id, &dn, &writes, uac, rename_to.as_deref(), adopt)
+                    .await;
+                self.per_object(id, ReportKind::User, r).await
+            }
+            UserPlan::Remove { dn, action } => {
+                let r = match action {
+                    RemovalAction::Delete => {
+                        self.write(DirRequest::Delete { dn: dn.clone() }).await
+                    }
+                    _ => {
+                        let uac = self
+                            .users
+                            .get(id)
+                            .map(|u| u.uac)
+                            .unwrap_or(UAC_NORMAL_ACCOUNT);
+                        self.write(DirRequest::Modify {
+                            dn: dn.clone(),
+                            mods: vec![AttrChange::Replace(
+                                "userAccountControl".into(),
+                                vec![(uac | UAC_ACCOUNTDISABLE).to_string().into_bytes()],
+                            )],
+                        })
+                        .await
+                    }
+                };
+                let r = tolerate_missing(r);
+                if r.is_ok() {
+                    self.stats.removals += 1;
+                    tracing::info!(domain = %self.d.name, object = id, dn = %dn, ?action, "user left the AD instance's scope");
+                    match action {
+                        RemovalAction::Delete => {
+                            self.users.remove(id);
+                        }
+                        _ => {
+                            if let Some(u) = self.users.get_mut(id) {
+                                u.uac |= UAC_ACCOUNTDISABLE;
+                            }
+                        }
+                    }
+                }
+                self.per_object(id, ReportKind::User, r).await
+            }
+        }
+    }
+
+    async fn create_user(
+        &mut self,
+        id: &str,
+        dn: &str,
+        attrs: &[(String, String)],
+        enable: bool,
+    ) -> Result<(), DirectoryError> {
+        let mut all: Vec<(String, Vec<Vec<u8>>)> = vec![
+            ("objectClass".into(), vec![b"user".to_vec()]),
+            (
+                "userAccountControl".into(),
+                vec![(UAC_NORMAL_ACCOUNT | UAC_ACCOUNTDISABLE)
+                    .to_string()
+                    .into_bytes()],
+            ),
+        ];
+        all.extend(
+            attrs
+                .iter()
+                .map(|(k, v)| (k.clone(), vec![v.clone().into_bytes()])),
+        );
+        match self
+            .write(DirRequest::Add {
+                dn: dn.to_owned(),
+                attrs: all,
+            })
+            .await
+        {
+            Ok(()) => {}
+            // A replay after a timed-out add, or a stale index: adopt what is there if it is ours.
+            Err(e) if is_already_exists(&e) => {}
+            Err(e) => return Err(e),
+        }
+        // An unknown random password: AD requires one before the account can be enabled; JumpCloud's
+        // password (when it sends one) replaces it.
+        let initial = random_password();
+        self.write(DirRequest::SetPassword {
+            dn: dn.to_owned(),
+            password: initial,
+            enforce_history: false,
+            also: Vec::new(),
+        })
+        .await?;
+        let uac = if enable {
+            UAC_NORMAL_ACCOUNT
+        } else {
+            UAC_NORMAL_ACCOUNT | UAC_ACCOUNTDISABLE
+        };
+        if enable {
+            self.write(DirRequest::Modify {
+                dn: dn.to_owned(),
+                mods: vec![AttrChange::Replace(
+                    "userAccountControl".into(),
+                    vec![uac.to_string().into_bytes()],
+                )],
+            })
+            .await?;
+        }
+        self.stats.creates += 1;
+        tracing::info!(domain = %self.d.name, object = id, dn, enabled = enable, "created AD user");
+        self.users.insert(
+            id.to_owned(),
+            AdUser {
+                dn: dn.to_owned(),
+                uac,
+                privileged: false,
+                marker: parse_marker(&marker_value(id, None)),
+                attrs: attrs
+                    .iter()
+                    .map(|(k, v)| (k.to_lowercase(), v.clone()))
+                    .collect(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn update_user(
+        &mut self,
+        id: &str,
+        dn: &str,
+        writes: &[(String, Option<String>)],
+        uac: Option<u32>,
+        rename_to: Option<&str>,
+        adopt: bool,
+    ) -> Result<(), DirectoryError> {
+        let mut dn = dn.to_owned();
+        if let Some(rdn) = rename_to {
+            self.write(DirRequest::Rename {
+                dn: dn.clone(),
+                new_rdn: rdn.to_owned(),
+                new_superior: None,
+            })
+            .await?;
+            dn = format!("{rdn},{}", parent_of(&dn));
+        }
+        let mut mods: Vec<AttrChange> = writes.iter().map(attr_change).collect();
+        if let Some(u) = uac {
+            mods.push(AttrChange::Replace(
+                "userAccountControl".into(),
+                vec![u.to_string().into_bytes()],
+            ));
+        }
+        if !mods.is_empty() {
+            self.write(DirRequest::Modify {
+                dn: dn.clone(),
+                mods,
+            })
+            .await?;
+        }
+        tracing::info!(domain = %self.d.name, object = id, dn = %dn, adopted = adopt, renamed = rename_to.is_some(), "updated AD user");
+        let entry = self.users.entry(id.to_owned()).or_default();
+        entry.dn = dn;
+        if let Some(u) = uac {
+            entry.uac = u;
+        }
+        for (k, v) in writes {
+            match v {
+                Some(v) => entry.attrs.insert(k.to_lowercase(), v.clone()),
+                None => entry.attrs.remove(&k.to_lowercase()),
+            };
+        }
+        if adopt {
+            entry.marker = parse_marker(&marker_value(id, None));
+        }
+        Ok(())
+    }
+
+    async fn plan_group_now(&mut self, gid: &str) -> Result<(String, GroupPlan), ToAdError> {
+        let jc = self.jc_group(gid).await?;
+        let mut members = Vec::new();
+        if let Some((_, true)) = &jc {
+            for uid in self.jc_members(gid).await? {
+                if let Some(u) = self.users.get(&uid) {
+                    members.push(u.dn.clone());
+                }
+            }
+        }
+        // The AD side as it is now (an AD admin may have changed the membership).
+        let managed = match self.groups.get(gid).map(|g| g.dn.clone()) {
+            Some(dn) => match self
+                .find(
+                    &dn,
+                    FindScope::Base,
+                    "(objectClass=group)".into(),
+                    USER_ATTRS,
+                    true,
+                )
+                .await
+            {
+                Ok(found) => found.first().map(to_group),
+                Err(ToAdError::Directory { source, .. }) if is_no_such_object(&source) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        if let Some(g) = &managed {
+            self.groups.insert(gid.to_owned(), g.clone());
+        } else {
+            self.groups.remove(gid);
+        }
+        let same = match (&managed, &jc) {
+            (None, Some((g, true))) => self
+                .by_sam(std::slice::from_ref(&g.name), true)
+                .await?
+                .remove(&g.name.to_lowercase())
+                .map(|e| to_group(&e)),
+            _ => None,
+        };
+        let plan = plan_group(
+            jc.as_ref().map(|(g, b)| (g, *b)),
+            &members,
+            managed.as_ref(),
+            same.as_ref(),
+            &self.d.rules,
+        );
+        Ok((gid.to_owned(), plan))
+    }
+
+    async fn apply_group(&mut self, id: &str, plan: GroupPlan) -> Result<(), ToAdError> {
+        match plan {
+            GroupPlan::Nothing => Ok(()),
+            GroupPlan::Refuse { reason } => {
+                self.refuse(id, ReportKind::UserGroup, reason).await;
+                Ok(())
+            }
+            GroupPlan::Create { dn, attrs, members } => {
+                let all: Vec<(String, Vec<Vec<u8>>)> = attrs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), vec![v.clone().into_bytes()]))
+                    .collect();
+                let mut r = match self
+                    .write(DirRequest::Add {
+                        dn: dn.clone(),
+                        attrs: all,
+                    })
+                    .await
+                {
+                    Err(e) if is_already_exists(&e) => Ok(()),
+                    other => other,
+                };
+                if r.is_ok() && !members.is_empty() {
+                    r = self
+                        .write(DirRequest::ChangeMembers {
+                            dn: dn.clone(),
+                            add: members.clone(),
+                            remove: Vec::new(),
+                            chunk: MEMBER_CHUNK,
+                        })
+                        .await;
+                }
+                if r.is_ok() {
+                    self.stats.creates += 1;
+                    tracing::info!(domain = %self.d.name, object = id, dn = %dn, members = members.len(), "created AD group");
+                    self.groups.insert(
+                        id.to_owned(),
+                        AdGroup {
+                            dn,
+                            privileged: false,
+                            marker: parse_marker(&marker_value(id, None)),
+                            attrs: attrs
+                                .iter()
+                                .map(|(k, v)| (k.to_lowercase(), v.clone()))
+                                .collect(),
+                            members,
+                        },
+                    );
+                }
+                self.per_object(id, ReportKind::UserGroup, r).await
+            }
+            GroupPlan::Update {
+                dn,
+                writes,
+                rename_to,
+                add,
+                remove,
+                adopt,
+            } => {
+                let r = self
+                    .update_group(id, &dn, &writes, rename_to.as_deref(), &add, &remove, adopt)
+                    .await;
+                self.per_object(id, ReportKind::UserGroup, r).await
+            }
+            GroupPlan::Remove {
+                dn,
+                action,
+                members,
+            } => {
+                let r = match action {
+                    RemovalAction::Delete => {
+                        self.write(DirRequest::Delete { dn: dn.clone() }).await
+                    }
+                    _ => {
+                        self.write(DirRequest::ChangeMembers {
+                            dn: dn.clone(),
+                            add: Vec::new(),
+                            remove: members,
+                            chunk: MEMBER_CHUNK,
+                        })
+                        .await
+                    }
+                };
+                let r = tolerate_missing(r);
+                if r.is_ok() {
+                    self.stats.removals += 1;
+                    tracing::info!(domain = %self.d.name, object = id, dn = %dn, ?action, "group left the AD instance's scope");
+                    match action {
+                        RemovalAction::Delete => {
+                            self.groups.remove(id);
+                        }
+                        _ => {
+                            if let Some(g) = self.groups.get_mut(id) {
+                                g.members.clear();
+                            }
+                        }
+                    }
+                }
+                self.per_object(id, ReportKind::UserGroup, r).await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn update_group(
+        &mut self,
+        id: &str,
+        dn: &str,
+        writes: &[(String, Option<String>)],
+        rename_to: Option<&str>,
+        add: &[String],
+        remove: &[String],
+        adopt: bool,
+    ) -> Result<(), DirectoryError> {
+        let mut dn = dn.to_owned();
+        if let Some(rdn) = rename_to {
+            self.write(DirRequest::Rename {
+                dn: dn.clone(),
+                new_rdn: rdn.to_owned(),
+                new_superior: None,
+            })
+            .await?;
+            dn = format!("{rdn},{}", parent_of(&dn));
+        }
+        if !writes.is_empty() {
+            self.write(DirRequest::Modify {
+                dn: dn.clone(),
+                mods: writes.iter().map(attr_change).collect(),
+            })
+            .await?;
+        }
+        if !add.is_empty() || !remove.is_empty() {
+            self.write(DirRequest::ChangeMembers {
+                dn: dn.clone(),
+                add: add.to_vec(),
+                remove: remove.to_vec(),
+                chunk: MEMBER_CHUNK,
+            })
+            .await?;
+        }
+        tracing::info!(domain = %self.d.name, object = id, dn = %dn, added = add.len(), removed = remove.len(), renamed = rename_to.is_some(), adopted = adopt, "updated AD group");
+        let g = self.groups.entry(id.to_owned()).or_default();
+        g.dn = dn;
+        let gone: BTreeSet<String> = remove.iter().map(|m| m.to_lowercase()).collect();
+        g.members.retain(|m| !gone.contains(&m.to_lowercase()));
+        g.members.extend(add.iter().cloned());
+        for (k, v) in writes {
+            match v {
+                Some(v) => g.attrs.insert(k.to_lowercase(), v.clone()),
+                None => g.attrs.remove(&k.to_lowercase()),
+            };
+        }
+        if adopt {
+            g.marker = parse_marker(&marker_value(id, None));
+        }
+        Ok(())
+    }
+
+    // ---- events ----
+
+    async fn refresh_user(&mut self, id: &str) -> Result<(), ToAdError> {
+        let jc = self.jc_profile(id).await?;
+        let managed = self.users.get(id).cloned();
+        let same = match (&managed, &jc) {
+            (None, Some((p, true))) => self
+                .by_sam(std::slice::from_ref(&p.username), false)
+                .await?
+                .remove(&p.username.to_lowercase())
+                .map(|e| to_user(&e)),
+            _ => None,
+        };
+        let plan = plan_user(
+            jc.as_ref().map(|(p, b)| (p, *b)),
+            managed.as_ref(),
+            same.as_ref(),
+            &self.d.rules,
+        );
+        if plan.is_removal() && !self.removal_budget(1) {
+            return Ok(());
+        }
+        self.apply_user(id, plan).await
+    }
+
+    /// Applies one page of channel events, coalesced per object: users, then groups (a group's new
+    /// members exist in AD before it is written), then passwords (their users exist).
+    pub async fn apply_events(&mut self, events: &[ChannelEvent]) -> Result<(), ToAdError> {
+        let mut users: BTreeSet<String> = BTreeSet::new();
+        let mut groups: BTreeSet<String> = BTreeSet::new();
+        let mut scope_groups: BTreeSet<String> = BTreeSet::new();
+        let mut passwords: BTreeMap<String, &ChannelEvent> = BTreeMap::new();
+        for e in events {
+            match &e.kind {
+                EventKind::User => {
+                    users.insert(e.id.clone());
+                }
+                EventKind::UserGroup => {
+                    groups.insert(e.id.clone());
+                    scope_groups.insert(e.id.clone());
+                }
+                EventKind::Membership => {
+                    users.insert(e.id.clone());
+                    if let Some(g) = &e.group_id {
+                        groups.insert(g.clone());
+                    }
+                }
+                EventKind::Association => {
+                    if e.activedirectory_id
+                        .as_deref()
+                        .is_some_and(|a| a != self.d.ad_instance_id)
+                    {
+                        continue;
+                    }
+                    match e.target_type.as_deref() {
+                        Some("user_group") => {
+                            groups.insert(e.id.clone());
+                            scope_groups.insert(e.id.clone());
+                        }
+                        _ => {
+                            users.insert(e.id.clone());
+                        }
+                    }
+                }
+                EventKind::Password => {
+                    passwords.insert(e.id.clone(), e);
+                }
+                EventKind::Unknown(kind) => {
+                    tracing::debug!(kind = %kind, seq = e.seq, "ignoring an unknown channel event");
+                }
+            }
+        }
+        // A group entering or leaving the scope changes the scope of its members (JumpCloud's and AD's).
+        for gid in &scope_groups {
+            if let Some((_, _)) = self.jc_group(gid).await? {
+                for uid in self.jc_members(gid).await? {
+                    users.insert(uid);
+                }
+            }
+            if let Some(g) = self.groups.get(gid) {
+                let by_dn: HashMap<String, String> = self
+                    .users
+                    .iter()
+                    .map(|(id, u)| (u.dn.to_lowercase(), id.clone()))
+                    .collect();
+                for m in &g.members {
+                    if let Some(uid) = by_dn.get(&m.to_lowercase()) {
+                        users.insert(uid.clone());
+                    }
+                }
+            }
+        }
+        for id in &users {
+            self.refresh_user(id).await?;
+        }
+        for gid in &groups {
+            let (_, plan) = self.plan_group_now(gid).await?;
+            if plan.is_removal() && !self.removal_budget(1) {
+                continue;
+            }
+            self.apply_group(gid, plan).await?;
+        }
+        for (uid, e) in passwords {
+            self.apply_password(&uid, e).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_password(&mut self, uid: &str, e: &ChannelEvent) -> Result<(), ToAdError> {
+        let Some(user) = self.users.get(uid).cloned() else {
+            tracing::debug!(domain = %self.d.name, object = uid, seq = e.seq, "password for a user with no AD account here; ignored");
+            return Ok(());
+        };
+        if user.privileged {
+            return Ok(());
+        }
+        if user
+            .marker
+            .as_ref()
+            .and_then(|m| m.password_seq)
+            .is_some_and(|s| s >= e.seq)
+        {
+            return Ok(()); // already in AD (a replay)
+        }
+        let rejected = rejected_key(&self.d.name, uid);
+        if let Some(v) = self.store.get_meta(&rejected)? {
+            if v.split('\t')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|s| s >= e.seq)
+            {
+                return Ok(()); // AD refused this very password; wait for a new one
+            }
+        }
+        let password = match self.d.channel.open_password(e) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(()),
+            Err(err) => {
+                tracing::warn!(domain = %self.d.name, object = uid, seq = e.seq, error = %err, "password payload unusable");
+                self.reports.push(Report {
+                    kind: ReportKind::Password,
+                    id: uid.to_owned(),
+                    seq: e.seq,
+                    code: ReportCode::Error,
+                    message: err.to_string(),
+                });
+                return Ok(());
+            }
+        };
+        let marker = marker_value(uid, Some(e.seq));
+        let r = self
+            .write(DirRequest::SetPassword {
+                dn: user.dn.clone(),
+                password,
+                enforce_history: true,
+                also: vec![AttrChange::Replace(
+                    MARKER_ATTRIBUTE.into(),
+                    vec![marker.clone().into_bytes()],
+                )],
+            })
+            .await;
+        match r {
+            Ok(()) => {
+                self.stats.passwords_set += 1;
+                tracing::info!(domain = %self.d.name, object = uid, dn = %user.dn, seq = e.seq, "password from JumpCloud written to AD");
+                if let Some(u) = self.users.get_mut(uid) {
+                    u.marker = parse_marker(&marker);
+                }
+                let store = self.store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.delete_meta(&rejected)).await;
+                self.reports.push(Report {
+                    kind: ReportKind::Password,
+                    id: uid.to_owned(),
+                    seq: e.seq,
+                    code: ReportCode::Ok,
+                    message: "password set in AD".into(),
+                });
+                Ok(())
+            }
+            Err(err) if matches!(err.disposition(), Disposition::BadInput) => {
+                let reason = ad_reason(&err);
+                self.stats.passwords_rejected += 1;
+                tracing::warn!(domain = %self.d.name, object = uid, dn = %user.dn, seq = e.seq, reason = %reason, "AD rejected the password from JumpCloud; not retried until it changes again");
+                let (store, value) = (self.store.clone(), format!("{}\t{reason}", e.seq));
+                tokio::task::spawn_blocking(move || store.set_meta(&rejected, &value))
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))??;
+                self.reports.push(Report {
+                    kind: ReportKind::Password,
+                    id: uid.to_owned(),
+                    seq: e.seq,
+                    code: ReportCode::Rejected,
+                    message: reason,
+                });
+                Ok(())
+            }
+            Err(err) => Err(self.dir_err(err)),
+        }
+    }
+
+    async fn flush_reports(&mut self) {
+        if self.reports.is_empty() {
+            return;
+        }
+        let batch: Vec<Report> = std::mem::take(&mut self.reports);
+        if let Err(e) = self.d.channel.report(batch.clone()).await {
+            tracing::debug!(error = %e, "status reports not delivered; kept for the next round");
+            self.reports = batch;
+            self.reports.truncate(1000);
+        }
+    }
+}
+
+fn attr_change((k, v): &(String, Option<String>)) -> AttrChange {
+    match v {
+        Some(v) => AttrChange::Replace(k.clone(), vec![v.clone().into_bytes()]),
+        None => AttrChange::Delete(k.clone(), Vec::new()),
+    }
+}
+
+/// The parent DN (everything after the first unescaped comma).
+fn parent_of(dn: &str) -> &str {
+    let bytes = dn.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b',' => return &dn[i + 1..],
+            _ => i += 1,
+        }
+    }
+    ""
+}
+
+fn result_code(e: &DirectoryError) -> Option<u32> {
+    match e {
+        DirectoryError::Refused { rc, .. } => Some(*rc),
+        _ => None,
+    }
+}
+
+/// The DC's own words for a refused write (what is recorded on the object).
+fn ad_reason(e: &DirectoryError) -> String {
+    match e {
+        DirectoryError::Refused { rc, name, text, .. } => format!("LDAP {rc} ({name}): {text}"),
+        other => other.to_string(),
+    }
+}
+
+fn is_already_exists(e: &DirectoryError) -> bool {
+    result_code(e) == Some(68)
+}
+
+fn is_no_such_object(e: &DirectoryError) -> bool {
+    result_code(e) == Some(32)
+}
+
+/// Removing what is already gone is success.
+fn tolerate_missing(r: Result<(), DirectoryError>) -> Result<(), DirectoryError> {
+    match r {
+        Err(e) if is_no_such_object(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn first_values(e: &AdEntry) -> BTreeMap<String, String> {
+    e.attrs
+        .iter()
+        .filter_map(|(k, v)| v.first().map(|v| (k.clone(), v.clone())))
+        .collect()
+}
+
+fn to_user(e: &AdEntry) -> AdUser {
+    AdUser {
+        dn: e.dn.clone(),
+        uac: e.uac().unwrap_or(UAC_NORMAL_ACCOUNT),
+        privileged: e.is_privileged(),
+        marker: e.first(MARKER_ATTRIBUTE).and_then(parse_marker),
+        attrs: first_values(e),
+    }
+}
+
+fn to_group(e: &AdEntry) -> AdGroup {
+    AdGroup {
+        dn: e.dn.clone(),
+        privileged: e.is_privileged(),
+        marker: e.first(MARKER_ATTRIBUTE).and_then(parse_marker),
+        attrs: first_values(e),
+        members: e.members.clone(),
+    }
+}
+
+/// 24 random characters with every class AD's complexity rule counts.
+fn random_password() -> Secret {
+    const SETS: [&[u8]; 4] = [
+        b"ABCDEFGHJKLMNPQRSTUVWXYZ",
+        b"abcdefghijkmnopqrstuvwxyz",
+        b"23456789",
+        b"!#%+-.:=?@_",
+    ];
+    let rng = SystemRandom::new();
+    let mut bytes = [0u8; 24];
+    if rng.fill(&mut bytes).is_err() {
+        // No OS randomness: fall back to a time-derived value mixed with the address of a local; the
+        // password is never used to log in (JumpCloud's replaces it) and the account may stay disabled.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(37);
+        }
+    }
+    let mut out = String::with_capacity(24);
+    for (i, b) in bytes.iter().enumerate() {
+        let set = SETS[i % 4];
+        out.push(set[*b as usize % set.len()] as char);
+    }
+    Secret::new(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_skip_escaped_commas() {
+        assert_eq!(parent_of("CN=a\\,b,OU=x,DC=y"), "OU=x,DC=y");
+        assert_eq!(parent_of("CN=a,OU=x"), "OU=x");
+    }
+
+    #[test]
+    fn random_passwords_have_every_class() {
+        let p = random_password();
+        let s = p.expose();
+        assert_eq!(s.len(), 24);
+        assert!(s.chars().any(|c| c.is_ascii_uppercase()));
+        assert!(s.chars().any(|c| c.is_ascii_lowercase()));
+        assert!(s.chars().any(|c| c.is_ascii_digit()));
+        assert!(s.chars().any(|c| !c.is_ascii_alphanumeric()));
+        assert_ne!(random_password().expose(), s);
+    }
+}

@@ -1,0 +1,254 @@
+//! One domain's DCs behind one handle for the JumpCloud-authoritative mode: [`DomainDirectory`]
+//! sends each [`DirRequest`] to the current DC (the preferred one, first in the configured order, as
+//! long as it works), fails over to the next on a DC-side failure, and fails back to the preferred DC
+//! once it answers a probe again. Same policy as the domain actor's reads (`domain.rs`).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+
+use super::DirectoryError;
+use crate::dc::{DcActor, DirReply, DirRequest, Directory, Probe};
+use crate::disposition::{Classified, Disposition};
+
+/// How often a domain running on a fallback DC checks whether the preferred one is back.
+pub const FAILBACK_EVERY: Duration = Duration::from_secs(5);
+/// A fail-back probe (rootDSE read) that takes longer leaves the domain on its fallback DC.
+pub const FAILBACK_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The DCs of one domain, in configured order (the first is preferred). Cheap to clone (one `Arc`).
+///
+/// **Writes and failover:** a request that timed out (or whose connection broke) on one DC is sent
+/// again to the next, but the first DC may already have applied it before it stopped answering. The
+/// second attempt then meets that state: an `Add` gets `entryAlreadyExists` (68), a member change
+/// meets values already in effect (tolerated), a rename may find the old DN gone (`noSuchObject`).
+/// Callers re-read the object's state after such an error instead of treating it as a conflict.
+#[derive(Clone)]
+pub struct DomainDirectory {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    domain: String,
+    dcs: Vec<(String, Addr<DcActor>)>,
+    request_timeout: Duration,
+    /// Index into `dcs` of the DC requests go to.
+    current: AtomicUsize,
+    /// When the last fail-back probe started.
+    last_probe: Mutex<Instant>,
+    /// A fail-back probe is running.
+    probing: AtomicBool,
+}
+
+impl DomainDirectory {
+    /// `request_timeout` bounds one request on one DC, from sending to answer (a hung DC, e.g.
+    /// SIGSTOPped, answers nothing; the DC actor's own per-operation timeouts catch it too, later).
+    /// Set it above the longest request expected (a `Find` with `members` of a large OU).
+    pub fn new(
+        domain: String,
+        dcs: Vec<(String, Addr<DcActor>)>,
+        request_timeout: Duration,
+    ) -> Self {
+        DomainDirectory {
+            inner: Arc::new(Inner {
+                domain,
+                dcs,
+                request_timeout,
+                current: AtomicUsize::new(0),
+                last_probe: Mutex::new(Instant::now()),
+                probing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.inner.domain
+    }
+
+    /// The URL of the DC requests currently go to (empty when the domain has no DC).
+    pub fn current_dc(&self) -> String {
+        let i = self.inner.current.load(Ordering::SeqCst);
+        self.inner
+            .dcs
+            .get(i)
+            .map(|(url, _)| url.clone())
+            .unwrap_or_default()
+    }
+
+    /// Runs `req` on the current DC. On a failure with disposition `FailOver` or `Retry` (DC down,
+    /// connection lost, busy, timeout), an unavailable DC actor, or no answer within
+    /// `request_timeout`, moves to the next DC and sends the same request again: at most one round
+    /// over the domain's DCs, then the last error is returned. `BadInput` and `Fatal` errors are
+    /// returned at once (another DC would answer the same). See the type's note on retried writes.
+    pub async fn run(&self, req: DirRequest) -> Result<DirReply, DirectoryError> {
+        let inner = &self.inner;
+        let count = inner.dcs.len();
+        if count == 0 {
+            return Err(DirectoryError::Unreachable {
+                url: inner.domain.clone(),
+                detail: "the domain has no DC configured".into(),
+            });
+        }
+        self.maybe_fail_back();
+        let start = inner.current.load(Ordering::SeqCst) % count;
+        let mut last = None;
+        for step in 0..count {
+            let index = (start + step) % count;
+            let (url, dc) = &inner.dcs[index];
+            let sent = tokio::time::timeout(inner.request_timeout, dc.send(Directory(req.clone())));
+            let error = match sent.await {
+                Ok(Ok(Ok(reply))) => return Ok(reply),
+                Ok(Ok(Err(e))) => match e.disposition() {
+                    Disposition::FailOver | Disposition::Retry | Disposition::Throttled { .. } => e,
+                    Disposition::BadInput | Disposition::Fatal => return Err(e),
+                },
+                Ok(Err(mailbox)) => DirectoryError::ConnectionLost {
+                    url: url.clone(),
+                    operation: "directory request",
+                    detail: format!("DC actor unavailable: {mailbox}"),
+                },
+                Err(_) => DirectoryError::Timeout {
+                    url: url.clone(),
+                    operation: "directory request",
+                },
+            };
+            let next = (index + 1) % count;
+            // Only the first of several concurrent failures on this DC moves the domain on.
+            let moved = inner
+                .current
+                .compare_exchange(index, next, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+            if count > 1 {
+                if moved {
+                    tracing::warn!(domain = %inner.domain, from = %url, to = %inner.dcs[next].0, request = req.kind(), reason = %error, "DC failed; failing over");
+                }
+            } else {
+                tracing::warn!(domain = %inner.domain, dc = %url, request = req.kind(), reason = %error, "DC failed; no other DC to try");
+            }
+            last = Some(error);
+        }
+        Err(last.unwrap_or_else(|| DirectoryError::Unreachable {
+            url: inner.domain.clone(),
+            detail: "no DC tried".into(),
+        }))
+    }
+
+    /// While on a fallback DC, at most every [`FAILBACK_EVERY`]: probes the preferred DC in the
+    /// background and makes it current again when it answers. Requests never wait for the probe.
+    fn maybe_fail_back(&self) {
+        let inner = &self.inner;
+        if inner.current.load(Ordering::SeqCst) == 0 || inner.dcs.len() < 2 {
+            return;
+        }
+        {
+            let Ok(mut last) = inner.last_probe.lock() else {
+                return;
+            };
+            if last.elapsed() < FAILBACK_EVERY {
+                return;
+            }
+            *last = Instant::now();
+        }
+        if inner.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            inner.probing.store(false, Ordering::SeqCst);
+            return;
+        };
+        let inner = Arc::clone(inner);
+        runtime.spawn(async move {
+            let (url, dc) = &inner.dcs[0];
+            let answered = matches!(
+                tokio::time::timeout(FAILBACK_PROBE_TIMEOUT, dc.send(Probe)).await,
+                Ok(Ok(Ok(_)))
+            );
+            if answered {
+                let from = inner.current.swap(0, Ordering::SeqCst);
+                if from != 0 {
+                    let from = inner.dcs.get(from).map(|(u, _)| u.as_str()).unwrap_or("");
+                    tracing::info!(domain = %inner.domain, from = %from, to = %url, "preferred DC is back; failing back");
+                }
+            }
+            inner.probing.store(false, Ordering::SeqCst);
+        });
+    }
+}
+
+impl std::fmt::Debug for DomainDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DomainDirectory")
+            .field("domain", &self.inner.domain)
+            .field(
+                "dcs",
+                &self.inner.dcs.iter().map(|(u, _)| u).collect::<Vec<_>>(),
+            )
+            .field("current", &self.current_dc())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc as StdArc;
+
+    use actix::Actor;
+
+    use super::*;
+    use crate::directory::read::ReadSpec;
+    use crate::directory::{DcEndpoint, FindScope, Timeouts};
+    use crate::secret::Secret;
+
+    fn unreachable_dc(port: u16) -> (String, Addr<DcActor>) {
+        let url = format!("ldaps://127.0.0.1:{port}");
+        let endpoint = DcEndpoint::parse(&url).unwrap();
+        let tls = crate::trust::client_config(None).unwrap();
+        let actor = DcActor::new(
+            endpoint,
+            tls,
+            "CN=svc".into(),
+            Secret::new("x"),
+            Timeouts {
+                connect: Duration::from_millis(500),
+                operation: Duration::from_millis(500),
+            },
+            Duration::from_secs(1),
+            StdArc::new(ReadSpec::new("DC=x")),
+        );
+        (url, actor.start())
+    }
+
+    fn find() -> DirRequest {
+        DirRequest::Find {
+            base: "DC=x".into(),
+            scope: FindScope::Base,
+            filter: "(objectClass=*)".into(),
+            attrs: vec![],
+            members: false,
+        }
+    }
+
+    #[actix::test]
+    async fn every_dc_down_is_one_round_then_the_last_error() {
+        // Nothing listens on port 1 or 2 of the loopback address: connection refused at once.
+        let dir = DomainDirectory::new(
+            "alpha".into(),
+            vec![unreachable_dc(1), unreachable_dc(2)],
+            Duration::from_secs(5),
+        );
+        assert_eq!(dir.current_dc(), "ldaps://127.0.0.1:1");
+        let err = dir.run(find()).await.unwrap_err();
+        assert_eq!(err.disposition(), Disposition::FailOver, "{err}");
+        assert!(
+            err.to_string().contains("127.0.0.1:2"),
+            "the last DC's error: {err}"
+        );
+        // Both failed: the round ends back on the first DC, which the next request tries first.
+        assert_eq!(dir.current_dc(), "ldaps://127.0.0.1:1");
+        let none = DomainDirectory::new("empty".into(), vec![], Duration::from_secs(1));
+        assert!(none.run(find()).await.is_err());
+        assert_eq!(none.current_dc(), "");
+    }
+}
