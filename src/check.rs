@@ -83,6 +83,18 @@ pub async fn run(config: &Config) -> Report {
         check_domain(domain, &mut report).await;
     }
     check_jumpcloud(config, &mut report).await;
+    for domain in &config.domains {
+        if let Some(t) = &domain.to_ad {
+            let verdict = match crate::wiring::agent_credentials(config, domain, t) {
+                Ok(c) => Verdict::Ok(format!(
+                    "registered as agent {} of AD instance {}",
+                    c.agent_id, c.activedirectory_id
+                )),
+                Err(e) => Verdict::Fail(e.to_string()),
+            };
+            report.push(&domain.name, "agent", "registration", verdict);
+        }
+    }
     report
 }
 
@@ -184,30 +196,32 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
             Err(e) => report.push(name, url, "rootDSE", Verdict::Fail(e.to_string())),
         }
 
-        match session.probe_change_tracking_rights(&domain.base_dn).await {
-            Ok(()) => report.push(
-                name,
-                url,
-                "change tracking",
-                Verdict::Ok("DirSync allowed (Replicating Directory Changes)".into()),
-            ),
-            Err(e) => report.push(name, url, "change tracking", Verdict::Fail(e.to_string())),
-        }
+        // Change tracking matters only where AD is read for changes (not in jumpcloud-authoritative).
+        if !domain.root_group_dn.is_empty() {
+            match session.probe_change_tracking_rights(&domain.base_dn).await {
+                Ok(()) => report.push(
+                    name,
+                    url,
+                    "change tracking",
+                    Verdict::Ok("DirSync allowed (Replicating Directory Changes)".into()),
+                ),
+                Err(e) => report.push(name, url, "change tracking", Verdict::Fail(e.to_string())),
+            }
 
-        match session.can_read_deleted_objects(&domain.base_dn).await {
-            Ok(true) => report.push(name, url, "deletions visible", Verdict::Ok("CN=Deleted Objects readable: DirSync reports deletions".into())),
-            Ok(false) => report.push(
-                name,
-                url,
-                "deletions visible",
-                Verdict::Fail(format!(
-                    "{} cannot read CN=Deleted Objects, so deletions would be missed; fix: dsacls \"CN=Deleted Objects,{}\" /takeownership, then /G <DOMAIN>\\<service account>:LCRP",
-                    domain.bind_dn, domain.base_dn
-                )),
-            ),
-            Err(e) => report.push(name, url, "deletions visible", Verdict::Fail(e.to_string())),
+            match session.can_read_deleted_objects(&domain.base_dn).await {
+                Ok(true) => report.push(name, url, "deletions visible", Verdict::Ok("CN=Deleted Objects readable: DirSync reports deletions".into())),
+                Ok(false) => report.push(
+                    name,
+                    url,
+                    "deletions visible",
+                    Verdict::Fail(format!(
+                        "{} cannot read CN=Deleted Objects, so deletions would be missed; fix: dsacls \"CN=Deleted Objects,{}\" /takeownership, then /G <DOMAIN>\\<service account>:LCRP",
+                        domain.bind_dn, domain.base_dn
+                    )),
+                ),
+                Err(e) => report.push(name, url, "deletions visible", Verdict::Fail(e.to_string())),
+            }
         }
-
         if !domain.root_group_dn.is_empty() {
             match session.read_entry(&domain.root_group_dn, &["objectClass", "groupType", "member"]).await {
                 Ok(Some(entry)) => {

@@ -23,6 +23,12 @@ pub struct DryRun {
 }
 
 pub async fn run(config: &Config) -> Result<DryRun, String> {
+    if config.mode != crate::config::Mode::AdAuthoritative {
+        return Err(format!(
+            "plan covers AD → JumpCloud (mode ad-authoritative) only; in mode {} the agent logs every AD write it makes (FORESTSYNC_LOG=info), and `check` verifies its access",
+            config.mode
+        ));
+    }
     let settings = wiring::import_settings(config);
     let mut snapshots: BTreeMap<String, DomainSnapshot> = BTreeMap::new();
     let mut unreadable = Vec::new();

@@ -103,7 +103,7 @@ pub fn connect_key_from(
 fn read_key_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
     let mut text = Zeroizing::new(String::new());
     std::fs::File::open(path)
-        .and_then(|mut f| f.take(4096).read_to_string(&mut *text))
+        .and_then(|f| f.take(4096).read_to_string(&mut text))
         .with_context(|| format!("cannot read the connect key file {}", path.display()))?;
     Ok(text)
 }
@@ -139,7 +139,7 @@ async fn register(args: &RegisterArgs, connect_key: &Secret) -> anyhow::Result<S
             .map(|c| format!(" (agent {})", c.agent_id))
             .unwrap_or_default();
         bail!(
-            "domain {} already has agent credentials{whose} in {}; fix: use --force to replace them (the connect key is not used otherwise)",
+            "domain {} already has agent credentials{whose} in {}; fix: use --force to replace them (nothing was sent: the connect key is still unused)",
             domain.name,
             creds_path.display()
         );

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 const KEY: &str = "latency-bench-key";
 
-fn lab_vars(repo: &Path) -> Result<HashMap<String, String>> {
+pub fn lab_vars(repo: &Path) -> Result<HashMap<String, String>> {
     let mut vars: HashMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("LAB_"))
         .collect();
@@ -37,7 +37,7 @@ fn lab_vars(repo: &Path) -> Result<HashMap<String, String>> {
     Ok(vars)
 }
 
-fn attr(name: &str, values: &[&str]) -> (Vec<u8>, std::collections::HashSet<Vec<u8>>) {
+pub fn attr(name: &str, values: &[&str]) -> (Vec<u8>, std::collections::HashSet<Vec<u8>>) {
     (
         name.as_bytes().to_vec(),
         values.iter().map(|v| v.as_bytes().to_vec()).collect(),
@@ -58,7 +58,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn figures(scenario: &str, mut samples: Vec<f64>) -> Value {
+pub fn figures(scenario: &str, mut samples: Vec<f64>) -> Value {
     samples.sort_by(|a, b| a.total_cmp(b));
     json!({
         "scenario": scenario,
@@ -69,7 +69,7 @@ fn figures(scenario: &str, mut samples: Vec<f64>) -> Value {
     })
 }
 
-struct KillOnDrop(Child);
+pub struct KillOnDrop(pub Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 mod latency;
+mod sync_latency;
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +54,18 @@ enum Scenario {
         #[arg(long)]
         agent: Option<std::path::PathBuf>,
     },
+    /// JumpCloud change → AD and JumpCloud password → AD latency on the lab (jumpcloud-authoritative).
+    SyncLatency {
+        /// Users bound to the AD instance.
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+        /// Measured changes per scenario.
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// The forestsync binary to run as the agent (default: next to this program).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -69,6 +82,11 @@ async fn main() -> Result<()> {
             changes,
             agent,
         } => latency::run(users, changes, agent).await,
+        Scenario::SyncLatency {
+            users,
+            changes,
+            agent,
+        } => sync_latency::run(users, changes, agent).await,
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::import_mode::{emulator, members, scratch, user, wait_for, Agent, Corner};
 use crate::support::{self, unique, Lab};
 
-fn lab_cmd(args: &[&str]) {
+pub fn lab_cmd(args: &[&str]) {
     let out = Command::new(support::repo_root().join("deploy/lab/lab"))
         .args(args)
         .output()
@@ -52,7 +52,7 @@ fn signal_dc(instance: &str, signal: &str) {
 }
 
 /// Restores DC1 even when the test fails half-way.
-struct Dc1Back;
+pub struct Dc1Back;
 
 impl Drop for Dc1Back {
     fn drop(&mut self) {

@@ -5,6 +5,7 @@
 //! Without a lab they skip with a message, unless `FORESTSYNC_REQUIRE_LAB=1` (set by CI), where a
 //! missing lab is a failure.
 
+mod ad_writes;
 mod check_command;
 mod delivery;
 mod directory_reads;
@@ -15,4 +16,6 @@ mod lab_dcs;
 mod password_capture;
 mod register;
 mod support;
+mod sync_disruptive;
+mod sync_guard;
 mod sync_mode;

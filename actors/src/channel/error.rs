@@ -87,7 +87,9 @@ impl Classified for ChannelError {
             | ChannelError::Tls { .. }
             | ChannelError::NoChannel { .. }
             | ChannelError::Io { .. }
-            | ChannelError::CredentialsFile { .. } => Disposition::Fatal,
+            | ChannelError::CredentialsFile { .. }
+            // Credentials that do not open cannot be used by anything: an operator must act.
+            | ChannelError::Seal { .. } => Disposition::Fatal,
             ChannelError::ConnectKeyInvalid
             | ChannelError::ConnectKeyUnknown
             | ChannelError::ConnectKeyUsed
@@ -102,7 +104,6 @@ impl Classified for ChannelError {
             ChannelError::Server { .. }
             | ChannelError::Timeout { .. }
             | ChannelError::Unreachable { .. } => Disposition::Retry,
-            ChannelError::Seal { source, .. } => source.disposition(),
         }
     }
 }

@@ -1022,7 +1022,7 @@ mod tests {
         ])
         .await;
         let ch = channel(&m.base, Duration::from_secs(5));
-        let mut next = || ch.poll(1, Duration::ZERO);
+        let next = || ch.poll(1, Duration::ZERO);
         let e = next().await.unwrap_err();
         assert!(matches!(e, ChannelError::Unauthorized { .. }), "{e}");
         assert_eq!(e.disposition(), Disposition::Fatal);

@@ -23,7 +23,7 @@ use std::time::Duration;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::channel::{
-    AgentChannel, ChannelError, ChannelEvent, EventKind, Report, ReportCode, ReportKind, Role,
+    AgentChannel, ChannelError, ChannelEvent, EventKind, EventOp, Report, ReportCode, ReportKind, Role,
 };
 use crate::cloud::{AssocTarget, JcGroup, JcProfile};
 use crate::dc::{AttrChange, DirReply, DirRequest};
@@ -118,6 +118,18 @@ pub struct ToAdStats {
     pub held_removals: u64,
 }
 
+/// What is known about users' binding to the AD instance.
+#[derive(Clone, Copy)]
+enum Bound<'a> {
+    /// Exactly these are bound (a full read of the instance's scope).
+    Complete(&'a BTreeSet<String>),
+    /// These are known to be bound; any other is looked up.
+    Partial(&'a BTreeSet<String>),
+}
+
+/// JumpCloud groups read during one page: the group (`None`: deleted) and whether it is bound.
+type GroupCache = HashMap<String, Option<(JcGroup, bool)>>;
+
 /// Store meta keys (per domain).
 fn cursor_key(domain: &str) -> String {
     format!("to_ad/{domain}/cursor")
@@ -156,6 +168,12 @@ pub struct ToAdEngine {
     pub stats: ToAdStats,
     /// Removals held by the guard since the last approval (re-planned by a reconcile once approved).
     held: bool,
+    /// The newest channel seq seen: the seq of per-object reports (so a newer result is never shown
+    /// as older than one it replaces).
+    report_seq: u64,
+    /// Events up to this seq happened before the last full reconcile read both sides: only their
+    /// passwords (which the reconcile cannot read) are still applied.
+    covered_through: u64,
 }
 
 impl ToAdEngine {
@@ -181,6 +199,8 @@ impl ToAdEngine {
             reports: Vec::new(),
             stats: ToAdStats::default(),
             held: false,
+            report_seq: cursor,
+            covered_through: 0,
         })
     }
 
@@ -199,10 +219,11 @@ impl ToAdEngine {
             if *stop.borrow() {
                 return;
             }
-            let wait = if self.reconciled {
-                self.settings.poll_wait
-            } else {
-                Duration::ZERO
+            // Held removals: look for an approval every 2 s instead of waiting a whole long poll.
+            let wait = match (self.reconciled, self.held) {
+                (false, _) => Duration::ZERO,
+                (true, true) => self.settings.poll_wait.min(Duration::from_secs(2)),
+                (true, false) => self.settings.poll_wait,
             };
             let step = tokio::select! {
                 r = self.step(wait) => r,
@@ -241,22 +262,37 @@ impl ToAdEngine {
             tokio::time::sleep(self.settings.standby_every).await;
             return Ok(());
         }
+        let newest = page.events.iter().map(|e| e.seq).max().unwrap_or(0);
+        self.report_seq = self.report_seq.max(page.head).max(newest);
         if !self.reconciled || (self.held && self.approved_removals() > 0) {
             tracing::info!(domain = %self.d.name, "primary for the AD instance: reconciling JumpCloud and AD");
             self.reconcile().await?;
             self.reconciled = true;
+            // Every event up to the head seen before the reconcile is reflected in what it read.
+            self.covered_through = self.covered_through.max(page.head);
+            tracing::info!(
+                domain = %self.d.name,
+                users = self.users.len(),
+                groups = self.groups.len(),
+                through_seq = page.head,
+                "reconciled JumpCloud and AD"
+            );
         }
         if page.events.is_empty() {
             return Ok(());
         }
-        let last = page
+        let last = newest.max(self.cursor);
+        let events: Vec<ChannelEvent> = page
             .events
             .iter()
-            .map(|e| e.seq)
-            .max()
-            .unwrap_or(self.cursor);
-        self.apply_events(&page.events).await?;
-        self.cursor = last.max(self.cursor);
+            .filter(|e| e.seq > self.covered_through || e.kind == EventKind::Password)
+            .cloned()
+            .collect();
+        if events.len() < page.events.len() {
+            tracing::debug!(domain = %self.d.name, skipped = page.events.len() - events.len(), through_seq = self.covered_through, "events already reflected by the reconcile");
+        }
+        self.apply_events(&events).await?;
+        self.cursor = last;
         let (store, key, value) = (
             self.store.clone(),
             cursor_key(&self.d.name),
@@ -287,6 +323,19 @@ impl ToAdEngine {
         attrs: &[&str],
         members: bool,
     ) -> Result<Vec<AdEntry>, ToAdError> {
+        self.find_raw(base, scope, filter, attrs, members)
+            .await
+            .map_err(|e| self.dir_err(e))
+    }
+
+    async fn find_raw(
+        &self,
+        base: &str,
+        scope: FindScope,
+        filter: String,
+        attrs: &[&str],
+        members: bool,
+    ) -> Result<Vec<AdEntry>, DirectoryError> {
         let mut wanted: Vec<String> = attrs.iter().map(|a| a.to_string()).collect();
         wanted.push(MARKER_ATTRIBUTE.to_owned());
         for (_, ad) in &self.d.rules.attributes {
@@ -306,7 +355,7 @@ impl ToAdEngine {
         {
             Ok(DirReply::Entries(e)) => Ok(e),
             Ok(_) => Ok(Vec::new()),
-            Err(e) => Err(self.dir_err(e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -316,11 +365,13 @@ impl ToAdEngine {
         })
     }
 
-    /// Reads every managed object of the domain into the index.
+    /// Reads every managed object into the index. Only the target OU's subtree is forestsync's: an object
+    /// an admin moved out of it is no longer managed (and markers elsewhere in the domain, e.g. of another
+    /// deployment, are never taken for ours).
     async fn load_index(&mut self) -> Result<(), ToAdError> {
         let entries = self
             .find(
-                &self.d.base_dn.clone(),
+                &self.d.rules.target_ou.clone(),
                 FindScope::Subtree,
                 any_marker_filter(),
                 USER_ATTRS,
@@ -406,18 +457,25 @@ impl ToAdEngine {
         .await
     }
 
-    async fn jc_profile(&self, id: &str) -> Result<Option<(JcProfile, bool)>, ToAdError> {
-        let uid = id.to_owned();
-        let Some(p) = self
-            .api
-            .read("GetUser", move |c| {
-                let uid = uid.clone();
-                async move { c.get_profile(&uid).await }
-            })
-            .await?
-        else {
-            return Ok(None);
-        };
+    /// The profiles of `ids` that exist (100 per request); a deleted user is simply absent.
+    async fn jc_profiles(&self, ids: &[String]) -> Result<Vec<JcProfile>, ToAdError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(crate::cloud::PAGE_LIMIT) {
+            let ids = chunk.to_vec();
+            let page = self
+                .api
+                .read("GetUsers", move |c| {
+                    let ids = ids.clone();
+                    async move { c.get_profiles(&ids).await }
+                })
+                .await?;
+            out.extend(page);
+        }
+        Ok(out)
+    }
+
+    /// Whether the user is bound to this AD instance, directly or through a group.
+    async fn jc_user_bound(&self, id: &str) -> Result<bool, ToAdError> {
         let uid = id.to_owned();
         let ads = self
             .api
@@ -426,8 +484,21 @@ impl ToAdEngine {
                 async move { c.user_ad_ids(&uid).await }
             })
             .await?;
-        let bound = ads.iter().any(|a| a == &self.d.ad_instance_id);
-        Ok(Some((p, bound)))
+        Ok(ads.iter().any(|a| a == &self.d.ad_instance_id))
+    }
+
+    /// [`Self::jc_group`], read once per page.
+    async fn jc_group_cached(
+        &self,
+        cache: &mut GroupCache,
+        id: &str,
+    ) -> Result<Option<(JcGroup, bool)>, ToAdError> {
+        if let Some(g) = cache.get(id) {
+            return Ok(g.clone());
+        }
+        let g = self.jc_group(id).await?;
+        cache.insert(id.to_owned(), g.clone());
+        Ok(g)
     }
 
     async fn jc_group(&self, id: &str) -> Result<Option<(JcGroup, bool)>, ToAdError> {
@@ -477,56 +548,86 @@ impl ToAdEngine {
                 async move { c.bound_group_ids(&ad, skip).await }
             })
             .await?;
-        let mut profiles: BTreeMap<String, JcProfile> = BTreeMap::new();
-        for chunk in user_ids.chunks(crate::cloud::PAGE_LIMIT) {
-            let ids = chunk.to_vec();
-            let page = self
-                .api
-                .read("GetUsers", move |c| {
-                    let ids = ids.clone();
-                    async move { c.get_profiles(&ids).await }
-                })
-                .await?;
-            profiles.extend(page.into_iter().map(|p| (p.id.clone(), p)));
-        }
         // Users: bound ones and managed ones.
-        let mut ids: BTreeSet<String> = profiles.keys().cloned().collect();
+        let bound: BTreeSet<String> = user_ids.into_iter().collect();
+        let mut ids = bound.clone();
         ids.extend(self.users.keys().cloned());
-        let new_names: Vec<String> = profiles
+        self.refresh_users(&ids, Bound::Complete(&bound)).await?;
+        // Groups (after the users: a group's members exist in AD before it is written).
+        let mut gids: BTreeSet<String> = group_ids.into_iter().collect();
+        gids.extend(self.groups.keys().cloned());
+        self.refresh_groups(&gids, &mut HashMap::new()).await
+    }
+
+    /// Plans and applies `ids` against AD: profiles read in batches, the bound check per user only
+    /// where `bound` does not already say, same-name lookups in batches, and one removal-guard
+    /// decision for all of them.
+    async fn refresh_users(
+        &mut self,
+        ids: &BTreeSet<String>,
+        bound: Bound<'_>,
+    ) -> Result<(), ToAdError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let fetch: Vec<String> = match bound {
+            // Unbound users plan the same whether or not their profile is read.
+            Bound::Complete(b) => ids.iter().filter(|i| b.contains(*i)).cloned().collect(),
+            Bound::Partial(_) => ids.iter().cloned().collect(),
+        };
+        let mut jc: BTreeMap<String, (JcProfile, bool)> = BTreeMap::new();
+        for p in self.jc_profiles(&fetch).await? {
+            let is_bound = match bound {
+                Bound::Complete(b) => b.contains(&p.id),
+                Bound::Partial(b) if b.contains(&p.id) => true,
+                Bound::Partial(_) => self.jc_user_bound(&p.id).await?,
+            };
+            jc.insert(p.id.clone(), (p, is_bound));
+        }
+        let new_names: Vec<String> = jc
             .values()
-            .filter(|p| !self.users.contains_key(&p.id))
-            .map(|p| p.username.clone())
+            .filter(|(p, b)| *b && !self.users.contains_key(&p.id))
+            .map(|(p, _)| p.username.clone())
             .collect();
         let same = self.by_sam(&new_names, false).await?;
-        let mut plans = Vec::new();
-        for id in &ids {
-            let jc = profiles.get(id).map(|p| (p, true));
-            let managed = self.users.get(id);
-            let same_name = match (managed, jc) {
-                (None, Some((p, _))) => same.get(&p.username.to_lowercase()).map(to_user),
+        let mut plans = Vec::with_capacity(ids.len());
+        for id in ids {
+            let j = jc.get(id).map(|(p, b)| (p, *b));
+            let mut same_name = match (self.users.get(id), j) {
+                (None, Some((p, true))) => same.get(&p.username.to_lowercase()).map(to_user),
                 _ => None,
             };
-            plans.push((
-                id.clone(),
-                plan_user(jc, managed, same_name.as_ref(), &self.d.rules),
-            ));
+            // Ours already (an index that missed it): managed, not a same-name stranger.
+            if same_name
+                .as_ref()
+                .and_then(|u| u.marker.as_ref())
+                .is_some_and(|m| &m.id == id)
+            {
+                if let Some(u) = same_name.take() {
+                    self.users.insert(id.clone(), u);
+                }
+            }
+            let plan = plan_user(j, self.users.get(id), same_name.as_ref(), &self.d.rules);
+            plans.push((id.clone(), plan));
         }
-        let budget = self.removal_budget(plans.iter().filter(|(_, p)| p.is_removal()).count());
-        self.apply_user_plans(plans, budget).await?;
+        let removals = plans.iter().filter(|(_, p)| p.is_removal()).count();
+        let allowed = self.removal_budget(removals);
+        self.apply_user_plans(plans, allowed).await
+    }
 
-        // Groups.
-        let mut gids: BTreeSet<String> = group_ids.iter().cloned().collect();
-        gids.extend(self.groups.keys().cloned());
-        let mut removals = 0usize;
-        let mut group_plans = Vec::new();
-        for gid in &gids {
-            let plan = self.plan_group_now(gid).await?;
-            removals += plan.1.is_removal() as usize;
-            group_plans.push(plan);
+    /// Plans and applies groups `gids` (one removal-guard decision for all of them).
+    async fn refresh_groups(
+        &mut self,
+        gids: &BTreeSet<String>,
+        cache: &mut GroupCache,
+    ) -> Result<(), ToAdError> {
+        let mut plans = Vec::with_capacity(gids.len());
+        for gid in gids {
+            plans.push(self.plan_group_now(gid, cache).await?);
         }
-        let budget = self.removal_budget(removals);
-        self.apply_group_plans(group_plans, budget).await?;
-        Ok(())
+        let removals = plans.iter().filter(|(_, p)| p.is_removal()).count();
+        let allowed = self.removal_budget(removals);
+        self.apply_group_plans(plans, allowed).await
     }
 
     /// How many of `removals` may run now (all, or none when the guard holds them).
@@ -610,7 +711,7 @@ impl ToAdEngine {
                 self.reports.push(Report {
                     kind,
                     id: id.to_owned(),
-                    seq: self.cursor,
+                    seq: self.report_seq,
                     code: ReportCode::Error,
                     message: reason,
                 });
@@ -629,7 +730,7 @@ impl ToAdEngine {
             self.reports.push(Report {
                 kind,
                 id: id.to_owned(),
-                seq: self.cursor,
+                seq: self.report_seq,
                 code: ReportCode::Error,
                 message: reason.clone(),
             });
@@ -662,8 +763,13 @@ impl ToAdEngine {
                 Ok(())
             }
             UserPlan::Create { dn, attrs, enable } => {
-                let r = self.create_user(id, &dn, &attrs, enable).await;
-                self.per_object(id, ReportKind::User, r).await
+                match self.create_user(id, &dn, &attrs, enable).await {
+                    Ok(Some(reason)) => {
+                        self.refuse(id, ReportKind::User, reason).await;
+                        Ok(())
+                    }
+                    r => self.per_object(id, ReportKind::User, r.map(|_| ())).await,
+                }
             }
             UserPlan::Update {
                 dn,
@@ -718,63 +824,80 @@ impl ToAdEngine {
         }
     }
 
+    /// Creates the user in one LDAP add: the marker, the attributes, an unknown random password (AD
+    /// wants one before an account can be enabled; JumpCloud's, when it sends one, replaces it) and the
+    /// final userAccountControl, so no half-made account is ever left behind. `Ok(Some(reason))`: an
+    /// object that is not ours already holds the DN (left alone).
     async fn create_user(
         &mut self,
         id: &str,
         dn: &str,
         attrs: &[(String, String)],
         enable: bool,
-    ) -> Result<(), DirectoryError> {
+    ) -> Result<Option<String>, DirectoryError> {
+        let uac = if enable {
+            UAC_NORMAL_ACCOUNT
+        } else {
+            UAC_NORMAL_ACCOUNT | UAC_ACCOUNTDISABLE
+        };
+        let initial = random_password();
         let mut all: Vec<(String, Vec<Vec<u8>>)> = vec![
             ("objectClass".into(), vec![b"user".to_vec()]),
             (
                 "userAccountControl".into(),
-                vec![(UAC_NORMAL_ACCOUNT | UAC_ACCOUNTDISABLE)
-                    .to_string()
-                    .into_bytes()],
+                vec![uac.to_string().into_bytes()],
             ),
+            ("unicodePwd".into(), vec![quoted_utf16(&initial)]),
         ];
         all.extend(
             attrs
                 .iter()
                 .map(|(k, v)| (k.clone(), vec![v.clone().into_bytes()])),
         );
-        match self
+        let added = self
             .write(DirRequest::Add {
                 dn: dn.to_owned(),
                 attrs: all,
             })
-            .await
-        {
+            .await;
+        match added {
             Ok(()) => {}
-            // A replay after a timed-out add, or a stale index: adopt what is there if it is ours.
-            Err(e) if is_already_exists(&e) => {}
+            // A replay after a timed-out add, or someone else's object at this DN.
+            Err(e) if is_already_exists(&e) => {
+                let found = self
+                    .find_raw(dn, FindScope::Base, "(objectClass=*)".into(), USER_ATTRS, false)
+                    .await?;
+                match found.first() {
+                    Some(existing)
+                        if marker_of(existing).is_some_and(|m| m.id == id)
+                            && existing.has_class("user")
+                            && !existing.is_privileged() =>
+                    {
+                        // Ours (its password came with the add that made it): bring it in line.
+                        let mut mods: Vec<AttrChange> = attrs
+                            .iter()
+                            .map(|(k, v)| AttrChange::Replace(k.clone(), vec![v.clone().into_bytes()]))
+                            .collect();
+                        mods.push(AttrChange::Replace(
+                            "userAccountControl".into(),
+                            vec![uac.to_string().into_bytes()],
+                        ));
+                        self.write(DirRequest::Modify {
+                            dn: dn.to_owned(),
+                            mods,
+                        })
+                        .await?;
+                    }
+                    Some(_) => {
+                        return Ok(Some(format!(
+                            "an AD object already exists at {dn} and was not created by forestsync for this JumpCloud user; it is left alone. Fix: rename or move it, or rename the user in JumpCloud"
+                        )))
+                    }
+                    // Gone again in between: the next change (or reconcile) creates it.
+                    None => return Err(e),
+                }
+            }
             Err(e) => return Err(e),
-        }
-        // An unknown random password: AD requires one before the account can be enabled; JumpCloud's
-        // password (when it sends one) replaces it.
-        let initial = random_password();
-        self.write(DirRequest::SetPassword {
-            dn: dn.to_owned(),
-            password: initial,
-            enforce_history: false,
-            also: Vec::new(),
-        })
-        .await?;
-        let uac = if enable {
-            UAC_NORMAL_ACCOUNT
-        } else {
-            UAC_NORMAL_ACCOUNT | UAC_ACCOUNTDISABLE
-        };
-        if enable {
-            self.write(DirRequest::Modify {
-                dn: dn.to_owned(),
-                mods: vec![AttrChange::Replace(
-                    "userAccountControl".into(),
-                    vec![uac.to_string().into_bytes()],
-                )],
-            })
-            .await?;
         }
         self.stats.creates += 1;
         tracing::info!(domain = %self.d.name, object = id, dn, enabled = enable, "created AD user");
@@ -791,7 +914,7 @@ impl ToAdEngine {
                     .collect(),
             },
         );
-        Ok(())
+        Ok(None)
     }
 
     async fn update_user(
@@ -845,8 +968,12 @@ impl ToAdEngine {
         Ok(())
     }
 
-    async fn plan_group_now(&mut self, gid: &str) -> Result<(String, GroupPlan), ToAdError> {
-        let jc = self.jc_group(gid).await?;
+    async fn plan_group_now(
+        &mut self,
+        gid: &str,
+        cache: &mut GroupCache,
+    ) -> Result<(String, GroupPlan), ToAdError> {
+        let jc = self.jc_group_cached(cache, gid).await?;
         let mut members = Vec::new();
         if let Some((_, true)) = &jc {
             for uid in self.jc_members(gid).await? {
@@ -904,48 +1031,13 @@ impl ToAdEngine {
                 Ok(())
             }
             GroupPlan::Create { dn, attrs, members } => {
-                let all: Vec<(String, Vec<Vec<u8>>)> = attrs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), vec![v.clone().into_bytes()]))
-                    .collect();
-                let mut r = match self
-                    .write(DirRequest::Add {
-                        dn: dn.clone(),
-                        attrs: all,
-                    })
-                    .await
-                {
-                    Err(e) if is_already_exists(&e) => Ok(()),
-                    other => other,
-                };
-                if r.is_ok() && !members.is_empty() {
-                    r = self
-                        .write(DirRequest::ChangeMembers {
-                            dn: dn.clone(),
-                            add: members.clone(),
-                            remove: Vec::new(),
-                            chunk: MEMBER_CHUNK,
-                        })
-                        .await;
+                match self.create_group(id, &dn, &attrs, &members).await {
+                    Ok(Some(reason)) => {
+                        self.refuse(id, ReportKind::UserGroup, reason).await;
+                        Ok(())
+                    }
+                    r => self.per_object(id, ReportKind::UserGroup, r.map(|_| ())).await,
                 }
-                if r.is_ok() {
-                    self.stats.creates += 1;
-                    tracing::info!(domain = %self.d.name, object = id, dn = %dn, members = members.len(), "created AD group");
-                    self.groups.insert(
-                        id.to_owned(),
-                        AdGroup {
-                            dn,
-                            privileged: false,
-                            marker: parse_marker(&marker_value(id, None)),
-                            attrs: attrs
-                                .iter()
-                                .map(|(k, v)| (k.to_lowercase(), v.clone()))
-                                .collect(),
-                            members,
-                        },
-                    );
-                }
-                self.per_object(id, ReportKind::UserGroup, r).await
             }
             GroupPlan::Update {
                 dn,
@@ -969,15 +1061,7 @@ impl ToAdEngine {
                     RemovalAction::Delete => {
                         self.write(DirRequest::Delete { dn: dn.clone() }).await
                     }
-                    _ => {
-                        self.write(DirRequest::ChangeMembers {
-                            dn: dn.clone(),
-                            add: Vec::new(),
-                            remove: members,
-                            chunk: MEMBER_CHUNK,
-                        })
-                        .await
-                    }
+                    _ => self.write_members(id, &dn, &[], &members).await,
                 };
                 let r = tolerate_missing(r);
                 if r.is_ok() {
@@ -997,6 +1081,112 @@ impl ToAdEngine {
                 self.per_object(id, ReportKind::UserGroup, r).await
             }
         }
+    }
+
+    /// Creates the group, then its members in chunks. `Ok(Some(reason))`: an object that is not ours
+    /// already holds the DN (left alone).
+    async fn create_group(
+        &mut self,
+        id: &str,
+        dn: &str,
+        attrs: &[(String, String)],
+        members: &[String],
+    ) -> Result<Option<String>, DirectoryError> {
+        let all: Vec<(String, Vec<Vec<u8>>)> = attrs
+            .iter()
+            .map(|(k, v)| (k.clone(), vec![v.clone().into_bytes()]))
+            .collect();
+        let mut add: Vec<String> = members.to_vec();
+        let mut remove: Vec<String> = Vec::new();
+        match self
+            .write(DirRequest::Add {
+                dn: dn.to_owned(),
+                attrs: all,
+            })
+            .await
+        {
+            Ok(()) => {}
+            // A replay after a timed-out add, or someone else's object at this DN.
+            Err(e) if is_already_exists(&e) => {
+                let found = self
+                    .find_raw(dn, FindScope::Base, "(objectClass=*)".into(), USER_ATTRS, true)
+                    .await?;
+                match found.first() {
+                    Some(existing)
+                        if marker_of(existing).is_some_and(|m| m.id == id)
+                            && existing.has_class("group")
+                            && !existing.is_privileged() =>
+                    {
+                        let want: BTreeSet<String> =
+                            members.iter().map(|m| m.to_lowercase()).collect();
+                        let have: BTreeSet<String> =
+                            existing.members.iter().map(|m| m.to_lowercase()).collect();
+                        add.retain(|m| !have.contains(&m.to_lowercase()));
+                        remove = existing
+                            .members
+                            .iter()
+                            .filter(|m| !want.contains(&m.to_lowercase()))
+                            .cloned()
+                            .collect();
+                    }
+                    Some(_) => {
+                        return Ok(Some(format!(
+                            "an AD object already exists at {dn} and was not created by forestsync for this JumpCloud group; it is left alone. Fix: rename or move it, or rename the group in JumpCloud"
+                        )))
+                    }
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.write_members(id, dn, &add, &remove).await?;
+        self.stats.creates += 1;
+        tracing::info!(domain = %self.d.name, object = id, dn = %dn, members = members.len(), "created AD group");
+        self.groups.insert(
+            id.to_owned(),
+            AdGroup {
+                dn: dn.to_owned(),
+                privileged: false,
+                marker: parse_marker(&marker_value(id, None)),
+                attrs: attrs
+                    .iter()
+                    .map(|(k, v)| (k.to_lowercase(), v.clone()))
+                    .collect(),
+                members: members.to_vec(),
+            },
+        );
+        Ok(None)
+    }
+
+    /// Member changes, [`MEMBER_CHUNK`] values per LDAP modify (removals first), one log line per
+    /// chunk written.
+    async fn write_members(
+        &mut self,
+        id: &str,
+        dn: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<(), DirectoryError> {
+        let chunks = remove.len().div_ceil(MEMBER_CHUNK) + add.len().div_ceil(MEMBER_CHUNK);
+        let mut chunk = 0usize;
+        for (op, values) in [("remove", remove), ("add", add)] {
+            for part in values.chunks(MEMBER_CHUNK) {
+                chunk += 1;
+                let (add, remove) = match op {
+                    "add" => (part.to_vec(), Vec::new()),
+                    _ => (Vec::new(), part.to_vec()),
+                };
+                self.write(DirRequest::ChangeMembers {
+                    dn: dn.to_owned(),
+                    add,
+                    remove,
+                    chunk: MEMBER_CHUNK,
+                })
+                .await?;
+                tracing::info!(domain = %self.d.name, object = id, dn = %dn, op, values = part.len(), chunk, chunks, "AD group members written");
+            }
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1027,15 +1217,7 @@ impl ToAdEngine {
             })
             .await?;
         }
-        if !add.is_empty() || !remove.is_empty() {
-            self.write(DirRequest::ChangeMembers {
-                dn: dn.clone(),
-                add: add.to_vec(),
-                remove: remove.to_vec(),
-                chunk: MEMBER_CHUNK,
-            })
-            .await?;
-        }
+        self.write_members(id, &dn, add, remove).await?;
         tracing::info!(domain = %self.d.name, object = id, dn = %dn, added = add.len(), removed = remove.len(), renamed = rename_to.is_some(), adopted = adopt, "updated AD group");
         let g = self.groups.entry(id.to_owned()).or_default();
         g.dn = dn;
@@ -1056,51 +1238,40 @@ impl ToAdEngine {
 
     // ---- events ----
 
-    async fn refresh_user(&mut self, id: &str) -> Result<(), ToAdError> {
-        let jc = self.jc_profile(id).await?;
-        let managed = self.users.get(id).cloned();
-        let same = match (&managed, &jc) {
-            (None, Some((p, true))) => self
-                .by_sam(std::slice::from_ref(&p.username), false)
-                .await?
-                .remove(&p.username.to_lowercase())
-                .map(|e| to_user(&e)),
-            _ => None,
-        };
-        let plan = plan_user(
-            jc.as_ref().map(|(p, b)| (p, *b)),
-            managed.as_ref(),
-            same.as_ref(),
-            &self.d.rules,
-        );
-        if plan.is_removal() && !self.removal_budget(1) {
-            return Ok(());
-        }
-        self.apply_user(id, plan).await
-    }
-
     /// Applies one page of channel events, coalesced per object: users, then groups (a group's new
-    /// members exist in AD before it is written), then passwords (their users exist).
+    /// members exist in AD before it is written), then passwords (their users exist). The guard counts
+    /// a page's removals together: planned first, then applied.
     pub async fn apply_events(&mut self, events: &[ChannelEvent]) -> Result<(), ToAdError> {
         let mut users: BTreeSet<String> = BTreeSet::new();
         let mut groups: BTreeSet<String> = BTreeSet::new();
         let mut scope_groups: BTreeSet<String> = BTreeSet::new();
+        let mut member_changes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut deleted_users: BTreeSet<String> = BTreeSet::new();
         let mut passwords: BTreeMap<String, &ChannelEvent> = BTreeMap::new();
         for e in events {
             match &e.kind {
                 EventKind::User => {
                     users.insert(e.id.clone());
+                    if e.op == EventOp::Delete {
+                        deleted_users.insert(e.id.clone());
+                    }
                 }
                 EventKind::UserGroup => {
                     groups.insert(e.id.clone());
                     scope_groups.insert(e.id.clone());
                 }
-                EventKind::Membership => {
-                    users.insert(e.id.clone());
-                    if let Some(g) = &e.group_id {
+                EventKind::Membership => match &e.group_id {
+                    Some(g) => {
                         groups.insert(g.clone());
+                        member_changes
+                            .entry(g.clone())
+                            .or_default()
+                            .insert(e.id.clone());
                     }
-                }
+                    None => {
+                        users.insert(e.id.clone());
+                    }
+                },
                 EventKind::Association => {
                     if e.activedirectory_id
                         .as_deref()
@@ -1119,47 +1290,74 @@ impl ToAdEngine {
                     }
                 }
                 EventKind::Password => {
-                    passwords.insert(e.id.clone(), e);
+                    passwords.insert(e.id.clone(), e); // oldest first: the newest wins
                 }
                 EventKind::Unknown(kind) => {
                     tracing::debug!(kind = %kind, seq = e.seq, "ignoring an unknown channel event");
                 }
             }
         }
+        let mut cache = GroupCache::new();
+        let mut known_bound: BTreeSet<String> = BTreeSet::new();
         // A group entering or leaving the scope changes the scope of its members (JumpCloud's and AD's).
         for gid in &scope_groups {
-            if let Some((_, _)) = self.jc_group(gid).await? {
-                for uid in self.jc_members(gid).await? {
-                    users.insert(uid);
+            if let Some((_, bound)) = self.jc_group_cached(&mut cache, gid).await? {
+                let members = self.jc_members(gid).await?;
+                if bound {
+                    known_bound.extend(members.iter().cloned());
                 }
+                users.extend(members);
             }
-            if let Some(g) = self.groups.get(gid) {
-                let by_dn: HashMap<String, String> = self
-                    .users
-                    .iter()
-                    .map(|(id, u)| (u.dn.to_lowercase(), id.clone()))
-                    .collect();
-                for m in &g.members {
-                    if let Some(uid) = by_dn.get(&m.to_lowercase()) {
-                        users.insert(uid.clone());
-                    }
-                }
+            users.extend(self.managed_members(gid));
+        }
+        // A membership changes a user's scope only through a group bound here (or one AD still holds
+        // for us); members of other groups are not this AD instance's business.
+        for (gid, uids) in member_changes {
+            let bound = matches!(
+                self.jc_group_cached(&mut cache, &gid).await?,
+                Some((_, true))
+            );
+            if bound || self.groups.contains_key(&gid) {
+                users.extend(uids);
+            } else {
+                tracing::debug!(domain = %self.d.name, group = %gid, members = uids.len(), "membership changes of a group outside the scope; ignored");
             }
         }
-        for id in &users {
-            self.refresh_user(id).await?;
-        }
-        for gid in &groups {
-            let (_, plan) = self.plan_group_now(gid).await?;
-            if plan.is_removal() && !self.removal_budget(1) {
+        // A user deleted in JumpCloud lost its memberships without events: re-plan the managed groups
+        // AD still has it in.
+        for uid in &deleted_users {
+            let Some(dn) = self.users.get(uid).map(|u| u.dn.to_lowercase()) else {
                 continue;
+            };
+            for (gid, g) in &self.groups {
+                if g.members.iter().any(|m| m.to_lowercase() == dn) {
+                    groups.insert(gid.clone());
+                }
             }
-            self.apply_group(gid, plan).await?;
         }
+        self.refresh_users(&users, Bound::Partial(&known_bound))
+            .await?;
+        self.refresh_groups(&groups, &mut cache).await?;
         for (uid, e) in passwords {
             self.apply_password(&uid, e).await?;
         }
         Ok(())
+    }
+
+    /// The ids of the managed users the managed AD group `gid` has as members.
+    fn managed_members(&self, gid: &str) -> Vec<String> {
+        let Some(g) = self.groups.get(gid) else {
+            return Vec::new();
+        };
+        let by_dn: HashMap<String, &String> = self
+            .users
+            .iter()
+            .map(|(id, u)| (u.dn.to_lowercase(), id))
+            .collect();
+        g.members
+            .iter()
+            .filter_map(|m| by_dn.get(&m.to_lowercase()).map(|id| (*id).clone()))
+            .collect()
     }
 
     async fn apply_password(&mut self, uid: &str, e: &ChannelEvent) -> Result<(), ToAdError> {
@@ -1324,6 +1522,23 @@ fn first_values(e: &AdEntry) -> BTreeMap<String, String> {
         .iter()
         .filter_map(|(k, v)| v.first().map(|v| (k.clone(), v.clone())))
         .collect()
+}
+
+fn marker_of(e: &AdEntry) -> Option<crate::plan::to_ad::Marker> {
+    e.first(MARKER_ATTRIBUTE).and_then(parse_marker)
+}
+
+/// `unicodePwd`'s value: the password in double quotes, UTF-16LE.
+fn quoted_utf16(password: &Secret) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(2 * password.expose().len() + 4);
+    for unit in "\""
+        .encode_utf16()
+        .chain(password.expose().encode_utf16())
+        .chain("\"".encode_utf16())
+    {
+        bytes.extend_from_slice(&unit.to_le_bytes());
+    }
+    bytes
 }
 
 fn to_user(e: &AdEntry) -> AdUser {

@@ -14,13 +14,15 @@
 //!     check_password_restrictions: the password was already used (in history)!`
 //!   - minimum age (own change only): `0000052D: Constraint violation - check_password_restrictions:
 //!     password is too young to change!`
-//! - **Password history is never enforced on an admin reset**, with or without
-//!   LDAP_SERVER_POLICY_HINTS (1.2.840.113556.1.4.2239) or its deprecated twin (…2066), flags 1,
-//!   critical. Samba accepts both controls (an unknown critical control gets
-//!   `unavailableCriticalExtension`, 12; these do not), lists neither in `supportedControl`, and resets
-//!   to a password from the history anyway: its `acl` module marks every `unicodePwd` replace as a
-//!   reset and `password_hash.c` (`check_password_restrictions`) returns before the history check for
-//!   resets. Windows (2008 R2 and later) enforces history when the control is sent.
+//! - **Samba cannot enforce the password history on an admin reset.** Its LDAP server does not know
+//!   LDAP_SERVER_POLICY_HINTS (1.2.840.113556.1.4.2239) nor the deprecated OID (…2066): neither is in
+//!   `supportedControl`; sent critical
+//!   both are refused with `unavailableCriticalExtension` (12, empty text) and nothing is written; sent
+//!   non-critical they are ignored and a password from the history is accepted. Its `acl` module
+//!   (`acl_check_password_rights`) marks every `unicodePwd` replace as a reset, and `password_hash.c`
+//!   (`check_password_restrictions`) returns success for resets before its history check. The
+//!   history is enforced only on a change (old and new password in one modify). Windows (2008 R2:
+//!   …2066, 2012 and later: …2239) enforces it on a reset when the control is sent.
 //! - **Member already present** on add: `entryAlreadyExists` (68), `Attribute member already exists
 //!   for target GUID <guid>` (Windows: 68, `00000562: … ENTRY_EXISTS`). **Member already absent** on
 //!   delete: `unwillingToPerform` (53), `Attribute member already deleted for target GUID <guid>`
@@ -201,11 +203,11 @@ pub fn paged_cookie(control: &RawControl) -> Option<Vec<u8>> {
     }
 }
 
-/// The policy-hints request control (flags 1: enforce the password history), critical.
+/// The policy-hints request control (flags 1: enforce the password history), non-critical.
 pub fn policy_hints_control(oid: &str) -> RawControl {
     RawControl {
         ctype: oid.to_owned(),
-        crit: true,
+        crit: false,
         val: Some(POLICY_HINTS_ENFORCE.to_vec()),
     }
 }
@@ -446,11 +448,10 @@ impl DcSession {
     }
 
     /// Admin reset of `unicodePwd` (one replace, the quoted UTF-16LE value). With `enforce_history`
-    /// the LDAP_SERVER_POLICY_HINTS control (critical, flags 1) asks the DC to apply the password
-    /// history as for a user's own change; a DC that does not know it (`unavailableCriticalExtension`)
-    /// gets the deprecated OID instead. **Samba 4.17 accepts both and still does not enforce the
-    /// history on a reset** (see the module docs). A rejected password is `Refused` with rc 19 and the
-    /// DC's reason in [`DirectoryError::ad_reason`] (`BadInput`). The password is never logged.
+    /// the LDAP_SERVER_POLICY_HINTS control (non-critical, flags 1) asks the DC to apply the password
+    /// history as for a user's own change. **Samba 4.17 does not know it** (see the module docs) and
+    /// resets without a history check; a critical control would make it refuse every reset. A rejected password is `Refused` with rc 19 and
+    /// the DC's reason in [`DirectoryError::ad_reason`] (`BadInput`). The password is never logged.
     pub async fn set_password(
         &mut self,
         dn: &str,
@@ -471,20 +472,12 @@ impl DcSession {
         also: &[Mod<Vec<u8>>],
     ) -> Result<(), DirectoryError> {
         let value = quoted_utf16(password);
-        if !enforce_history {
-            return self.password_replace(dn, &value, also, None).await;
-        }
-        match self
-            .password_replace(dn, &value, also, Some(POLICY_HINTS_OID))
-            .await
-        {
-            Err(DirectoryError::Refused { rc: 12, .. }) => {
-                tracing::info!(dc = %self.endpoint.url, "the DC does not know LDAP_SERVER_POLICY_HINTS; using the deprecated OID");
-                self.password_replace(dn, &value, also, Some(POLICY_HINTS_DEPRECATED_OID))
-                    .await
-            }
-            other => other,
-        }
+        // Non-critical: Windows (2012 R2 and later) then enforces history and minimum age as for the
+        // user's own change; Samba 4.17 knows neither OID and would refuse a critical control
+        // (unavailableCriticalExtension, nothing written), so there the reset goes through without
+        // a history check — measured in tests/it/ad_writes.rs.
+        let hints = enforce_history.then_some(POLICY_HINTS_OID);
+        self.password_replace(dn, &value, also, hints).await
     }
 
     async fn password_replace(

@@ -208,6 +208,7 @@ impl DirectoryError {
             32 if is_write(operation) => "; the object (or a DN in the request) does not exist: deleted or moved since it was read",
             32 => "; fix: check the DN in the configuration",
             50 => rights_hint(operation),
+            12 if operation == PASSWORD_RESET => "; the DC knows neither LDAP_SERVER_POLICY_HINTS control (1.2.840.113556.1.4.2239, …2066), so it cannot enforce the password history on a reset (Samba 4.17 is such a DC); nothing was written",
             _ => "",
         };
         DirectoryError::Refused {
@@ -405,6 +406,14 @@ mod tests {
         assert_eq!(
             DirectoryError::from_result("u", "search", "b", 12, "").disposition(),
             Disposition::Fatal
+        );
+        let no_hints = DirectoryError::from_result("u", PASSWORD_RESET, "CN=u", 12, "");
+        assert_eq!(no_hints.disposition(), Disposition::Fatal);
+        assert!(
+            no_hints
+                .to_string()
+                .contains("cannot enforce the password history"),
+            "{no_hints}"
         );
         let cases = [
             ("add", "Create Child"),

@@ -648,6 +648,9 @@ pub async fn read_members(
 /// One `member` window of an answer: its range option, its attribute description, its values.
 pub(super) type MemberWindow = (RangeOption, String, Vec<Vec<u8>>);
 
+/// An entry's attributes as decoded: (description, values).
+pub(super) type RawAttrs = Vec<(String, Vec<Vec<u8>>)>;
+
 /// Where a ranged member read stands after one answer.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum RangeStep {
@@ -658,9 +661,7 @@ pub(super) enum RangeStep {
 }
 
 /// Splits an entry's attributes into its `member` windows (any range option) and the rest.
-pub(super) fn split_member_windows(
-    attrs: Vec<(String, Vec<Vec<u8>>)>,
-) -> (Vec<MemberWindow>, Vec<(String, Vec<Vec<u8>>)>) {
+pub(super) fn split_member_windows(attrs: RawAttrs) -> (Vec<MemberWindow>, RawAttrs) {
     let mut windows = Vec::new();
     let mut rest = Vec::new();
     for (desc, values) in attrs {

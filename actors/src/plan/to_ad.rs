@@ -179,8 +179,8 @@ pub type AttrWrite = (String, Option<String>);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UserPlan {
     Nothing,
-    /// Create it (disabled, with the marker), set an unknown random password, then enable it when
-    /// `enable`.
+    /// Create it with the marker and an unknown random password, enabled when `enable` (one LDAP
+    /// add: no half-made account is left behind).
     Create {
         dn: String,
         attrs: Vec<(String, String)>,
