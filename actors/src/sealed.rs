@@ -115,35 +115,9 @@ impl SealKey {
             Err(SealError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
             other => return other,
         }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.exists() {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(parent)
-                    .map_err(io_error(parent, "create the seal key's directory"))?;
-            }
-        }
         let fresh = Self::generate()?;
-        let temp = temp_path(path)?;
-        let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&temp)?;
-            f.write_all(&fresh.bytes[..])?;
-            f.sync_all()
-        })();
-        let linked = written.and_then(|()| match fs::hard_link(&temp, path) {
-            // Someone else created it first: theirs is the key.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
-        });
-        let _ = fs::remove_file(&temp);
-        linked.map_err(io_error(path, "create the seal key file"))?;
-        sync_dir(path.parent());
+        create_private_once(path, &fresh.bytes[..])
+            .map_err(io_error(path, "create the seal key file"))?;
         Self::load(path)
     }
 
@@ -296,7 +270,7 @@ pub(crate) fn temp_path(path: &Path) -> Result<PathBuf, SealError> {
 }
 
 /// fsyncs a directory so a rename or link in it is durable (best effort).
-pub(crate) fn sync_dir(dir: Option<&Path>) {
+pub fn sync_dir(dir: Option<&Path>) {
     if let Some(dir) = dir {
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
@@ -307,6 +281,39 @@ pub(crate) fn sync_dir(dir: Option<&Path>) {
             let _ = d.sync_all();
         }
     }
+}
+
+/// Creates `path` with `bytes` and mode 0600 unless it exists (then the existing file wins: two
+/// processes racing to create a key end up with the same one). Written to an `O_EXCL` temp file,
+/// fsynced, hard-linked into place, directory fsynced. A missing parent is created with mode 0700.
+pub fn create_private_once(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+    }
+    let temp = temp_path(path).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    let linked = written.and_then(|()| match fs::hard_link(&temp, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    });
+    let _ = fs::remove_file(&temp);
+    linked?;
+    sync_dir(path.parent());
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically with mode 0600: `O_EXCL` temp file beside it, fsync, rename,

@@ -11,7 +11,7 @@
 //!   side needs it first: written to an O_EXCL temp file, then hard-linked into place, so two
 //!   creators never both win and nobody reads a half-written key.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -73,47 +73,12 @@ impl CaptureKey {
                 if source.kind() == std::io::ErrorKind::NotFound => {}
             other => return other,
         }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.exists() {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(parent)
-                    .map_err(io_error(parent, "create the key file's directory"))?;
-            }
-        }
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-        let rng = SystemRandom::new();
-        rng.fill(&mut bytes[..])
+        SystemRandom::new()
+            .fill(&mut bytes[..])
             .map_err(|_| PasswordError::Random)?;
-        let mut suffix = [0u8; 8];
-        rng.fill(&mut suffix).map_err(|_| PasswordError::Random)?;
-        let temp = path.with_file_name(format!(
-            ".{}.tmp-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
-            suffix
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        ));
-        let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&temp)?;
-            f.write_all(&bytes[..])?;
-            f.sync_all()
-        })();
-        let linked = written.and_then(|()| match fs::hard_link(&temp, path) {
-            // Someone else created it first: theirs is the key.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
-        });
-        let _ = fs::remove_file(&temp);
-        linked.map_err(io_error(path, "create the key file"))?;
-        sync_dir(path.parent());
+        crate::sealed::create_private_once(path, &bytes[..])
+            .map_err(io_error(path, "create the key file"))?;
         Self::load(path)
     }
 
@@ -229,18 +194,6 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), PasswordError> {
     }
 }
 
-fn sync_dir(dir: Option<&Path>) {
-    if let Some(dir) = dir {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-}
 
 /// The spool file of capture `id`.
 pub fn spool_path(spool_dir: &Path, id: &str) -> PathBuf {
@@ -279,7 +232,7 @@ pub fn write(
         let _ = fs::remove_file(&temp);
     }
     result.map_err(io_error(&target, "write the spool file"))?;
-    sync_dir(Some(spool_dir));
+    crate::sealed::sync_dir(Some(spool_dir));
     Ok(target)
 }
 
