@@ -12,8 +12,14 @@
 //!
 //! Cost is proportional to changes: after one full reconcile (on becoming primary), each page of events
 //! is coalesced per object and each touched object costs a few API reads and one or two AD operations.
-//! Managed AD objects are kept in an in-memory index (built by the reconcile, kept by our own writes);
-//! a stale entry (an admin moved or deleted the object) is noticed by the failed write and re-read.
+//! Events older than the reconcile (up to the channel head it saw) are already reflected in what it
+//! read: only their passwords are applied. Profiles are read 100 per request; a membership change
+//! touches its user only when the group is bound here (or still held in AD). Group members are
+//! written [`MEMBER_CHUNK`] values per LDAP modify. An object forestsync did not create is never
+//! written, not even when it holds the DN a create wanted (the add's `entryAlreadyExists` is checked
+//! against the marker). Managed AD objects are kept in an in-memory index (built by the reconcile,
+//! kept by our own writes); a stale entry (an admin moved or deleted the object) is noticed by the
+//! failed write and re-read.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -23,7 +29,8 @@ use std::time::Duration;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::channel::{
-    AgentChannel, ChannelError, ChannelEvent, EventKind, EventOp, Report, ReportCode, ReportKind, Role,
+    AgentChannel, ChannelError, ChannelEvent, EventKind, EventOp, Report, ReportCode, ReportKind,
+    Role,
 };
 use crate::cloud::{AssocTarget, JcGroup, JcProfile};
 use crate::dc::{AttrChange, DirReply, DirRequest};
@@ -85,7 +92,7 @@ pub enum ToAdError {
     Directory {
         domain: String,
         #[source]
-        source: DirectoryError,
+        source: Box<DirectoryError>,
     },
     #[error(transparent)]
     Api(#[from] ExecError),
@@ -207,7 +214,7 @@ impl ToAdEngine {
     fn dir_err(&self, source: DirectoryError) -> ToAdError {
         ToAdError::Directory {
             domain: self.d.name.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -701,7 +708,7 @@ impl ToAdEngine {
     ) -> Result<(), ToAdError> {
         match r {
             Ok(()) => {
-                self.clear_error(id).await;
+                self.clear_error(id, kind).await;
                 Ok(())
             }
             Err(e) if matches!(e.disposition(), Disposition::BadInput) => {
@@ -747,11 +754,20 @@ impl ToAdEngine {
         let _ = tokio::task::spawn_blocking(move || store.set_meta(&key, &value)).await;
     }
 
-    async fn clear_error(&self, id: &str) {
+    /// The object synced: forget its recorded error and tell JumpCloud (whose syncStatus would
+    /// otherwise keep showing the old error).
+    async fn clear_error(&mut self, id: &str, kind: ReportKind) {
         let key = error_key(&self.d.name, id);
         if self.store.get_meta(&key).ok().flatten().is_some() {
             let store = self.store.clone();
             let _ = tokio::task::spawn_blocking(move || store.delete_meta(&key)).await;
+            self.reports.push(Report {
+                kind,
+                id: id.to_owned(),
+                seq: self.report_seq,
+                code: ReportCode::Ok,
+                message: "synced to AD".into(),
+            });
         }
     }
 
@@ -865,7 +881,13 @@ impl ToAdEngine {
             // A replay after a timed-out add, or someone else's object at this DN.
             Err(e) if is_already_exists(&e) => {
                 let found = self
-                    .find_raw(dn, FindScope::Base, "(objectClass=*)".into(), USER_ATTRS, false)
+                    .find_raw(
+                        dn,
+                        FindScope::Base,
+                        "(objectClass=*)".into(),
+                        USER_ATTRS,
+                        false,
+                    )
                     .await?;
                 match found.first() {
                     Some(existing)
@@ -1036,7 +1058,10 @@ impl ToAdEngine {
                         self.refuse(id, ReportKind::UserGroup, reason).await;
                         Ok(())
                     }
-                    r => self.per_object(id, ReportKind::UserGroup, r.map(|_| ())).await,
+                    r => {
+                        self.per_object(id, ReportKind::UserGroup, r.map(|_| ()))
+                            .await
+                    }
                 }
             }
             GroupPlan::Update {
@@ -1109,7 +1134,13 @@ impl ToAdEngine {
             // A replay after a timed-out add, or someone else's object at this DN.
             Err(e) if is_already_exists(&e) => {
                 let found = self
-                    .find_raw(dn, FindScope::Base, "(objectClass=*)".into(), USER_ATTRS, true)
+                    .find_raw(
+                        dn,
+                        FindScope::Base,
+                        "(objectClass=*)".into(),
+                        USER_ATTRS,
+                        true,
+                    )
                     .await?;
                 match found.first() {
                     Some(existing)
@@ -1366,6 +1397,18 @@ impl ToAdEngine {
             return Ok(());
         };
         if user.privileged {
+            let reason = format!(
+                "{} is privileged (adminCount=1): forestsync never writes its password",
+                user.dn
+            );
+            tracing::warn!(domain = %self.d.name, object = uid, seq = e.seq, "password not written: {reason}");
+            self.reports.push(Report {
+                kind: ReportKind::Password,
+                id: uid.to_owned(),
+                seq: e.seq,
+                code: ReportCode::Rejected,
+                message: reason,
+            });
             return Ok(());
         }
         if user
