@@ -45,7 +45,7 @@ fn dc_pids(instance: &str) -> Vec<String> {
         .collect()
 }
 
-fn signal_dc(instance: &str, signal: &str) {
+pub fn signal_dc(instance: &str, signal: &str) {
     for pid in dc_pids(instance) {
         let _ = Command::new("kill").args([signal, &pid]).status();
     }

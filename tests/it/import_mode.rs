@@ -226,6 +226,11 @@ impl Agent {
         self.child = Some(child);
     }
 
+    /// The running process's id (`None` once killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -5,12 +5,13 @@
 //! password event, the password binding, and no agent log showing a user created twice or the same
 //! (user, password seq) written twice.
 //!
-//! They stop DCs and kill agents, so they are named `disruptive_*` and run one at a time
-//! (`cargo test --test it disruptive -- --test-threads=1`).
+//! Two more tests pin scenarios the engine gets wrong today (ignored, with the reason): a change to a
+//! user DC1 had not replicated when it died, and a primary that lost and regained the role while
+//! frozen.
 //!
-//! Isolation: every jcemu instance hands out the same ids (a counter), and the engine indexes every
-//! managed object under the domain's `base_dn`; with `base_dn` = the test's own OU, objects of other
-//! sync tests running at the same time (or left over from a crashed run) cannot be mistaken for ours.
+//! They stop DCs and kill agents, so they are named `disruptive_*` and run one at a time
+//! (`cargo test --test it disruptive -- --test-threads=1`). Users created on DC2 while DC1 is down
+//! need RIDs that only DC1 (the RID master) hands out: the DC1 tests check DC2 has enough first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -22,7 +23,7 @@ use forestsync_actors::secret::Secret;
 use forestsync_actors::trust;
 use serde_json::{json, Value};
 
-use crate::disruptive::{lab_cmd, Dc1Back};
+use crate::disruptive::{lab_cmd, signal_dc, Dc1Back};
 use crate::import_mode::{emulator, scratch, Agent};
 use crate::support::{self, unique, Lab};
 use crate::sync_mode::{start_agent, sync_config, JcAdmin, TargetOu};
@@ -42,12 +43,9 @@ const AD_WRITES: &[&str] = &[
 ];
 const BECAME_PRIMARY: &str = "primary for the AD instance";
 
-/// The test's sync config, with `base_dn` narrowed to its OU (see the module doc).
+/// The test's sync config (one domain, ALPHA, both DCs, the test's OU as target).
 fn config(lab: &Lab, emu: &jcemu::Emulator, dir: &Path, ad: &str, ou: &str) -> String {
-    let text = sync_config(lab, emu, dir, &lab.alpha, ad, ou, "");
-    let base = format!("base_dn = \"{}\"", lab.alpha.base_dn);
-    assert!(text.contains(&base), "sync_config changed shape:\n{text}");
-    text.replace(&base, &format!("base_dn = \"{ou}\""))
+    sync_config(lab, emu, dir, &lab.alpha, ad, ou, "")
 }
 
 fn http(emu: &jcemu::Emulator) -> reqwest::Client {
@@ -194,7 +192,6 @@ fn password(i: usize, version: usize) -> String {
 async fn bound_user(jc: &JcAdmin, ad: &str, name: &str, pw: Option<String>) -> Want {
     let id = jc.user(name, json!({})).await;
     jc.bind(ad, "user", &id, "add").await;
-    let pw = pw.filter(|_| std::env::var("SD_NO_PW").is_err()); // TEMP
     if let Some(p) = &pw {
         jc.set_password(&id, p).await;
     }
@@ -226,9 +223,6 @@ async fn rename_sn(jc: &JcAdmin, w: &mut Want, sn: String) {
 }
 
 async fn new_password(jc: &JcAdmin, w: &mut Want, pw: String) {
-    if std::env::var("SD_NO_PW").is_ok() {
-        return; // TEMP
-    }
     jc.set_password(&w.id, &pw).await;
     w.password = Some(pw);
 }
@@ -426,7 +420,7 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Asserts no user was created twice and no (user, password seq) written twice, over all logs.
-fn assert_each_write_once(logs: &[String]) {
+fn assert_each_write_once(logs: &[&str]) {
     let mut created: HashMap<String, Vec<&str>> = HashMap::new();
     let mut passwords: HashMap<(String, String), Vec<&str>> = HashMap::new();
     for log in logs {
@@ -620,7 +614,7 @@ async fn disruptive_two_sync_agents_the_standby_takes_over_when_the_primary_dies
     let failures = bind_failures(lab, &lab.alpha.dc_urls[0], &rows, &users).await;
     assert!(failures.is_empty(), "{failures:#?}");
     let (a_log, b_log) = (primary.log(), standby.log());
-    assert_each_write_once(&[a_log.clone(), b_log.clone()]);
+    assert_each_write_once(&[&a_log, &b_log]);
     assert!(
         b_log.contains(CREATED) && b_log.contains(PASSWORD_WRITTEN),
         "the new primary applied the changes made after the kill:\n{b_log}"
@@ -630,16 +624,116 @@ async fn disruptive_two_sync_agents_the_standby_takes_over_when_the_primary_dies
         !agents[0].1 && agents[1].1,
         "the second agent is primary now: {agents:?}"
     );
-    let (acked, head) = cursor_and_head(&emu, &ad);
-    assert!(
-        acked >= head,
-        "the new primary acknowledged everything ({acked}/{head})"
-    );
+    wait_idle(&emu, &ad, &standby, Duration::from_secs(30)).await;
     drop(standby);
     ou.cleanup().await;
 }
 
+/// Free RIDs on ALPHA DC2: the rest of the pool it allocates from, plus a pool the RID master
+/// (DC1) already gave it. A DC that is not the RID master cannot create users without them, and
+/// gets a new pool only from DC1: with DC1 down it answers `53 NO RID values available`.
+async fn dc2_free_rids(dc2: &mut DcSession, base: &str) -> u64 {
+    let sets = dc2
+        .search(
+            &format!("OU=Domain Controllers,{base}"),
+            ldap3::Scope::Subtree,
+            "(objectClass=rIDSet)",
+            &[
+                "rIDAllocationPool",
+                "rIDPreviousAllocationPool",
+                "rIDNextRID",
+            ],
+            "RID sets",
+        )
+        .await
+        .unwrap();
+    let set = sets
+        .iter()
+        .find(|e| e.dn.to_lowercase().contains(",cn=dc2,"))
+        .unwrap_or_else(|| panic!("no RID Set of DC2 in {sets:?}"));
+    let n = |a: &str| first(set, a).parse::<u64>().unwrap_or(0);
+    let (alloc, prev, next) = (
+        n("rIDAllocationPool"),
+        n("rIDPreviousAllocationPool"),
+        n("rIDNextRID"),
+    );
+    let size = |pool: u64| (pool >> 32).saturating_sub(pool & 0xffff_ffff) + 1;
+    if prev == 0 {
+        return size(alloc); // never allocated from: the first pool is still whole
+    }
+    let rest = (prev >> 32).saturating_sub(next);
+    rest + if alloc != prev { size(alloc) } else { 0 }
+}
+
+/// Makes sure DC2 can create `need` users while DC1 is down: when it cannot, a user created (and
+/// deleted) on DC2 while DC1 is up makes DC2 ask the RID master for a new pool.
+async fn ensure_dc2_rids(lab: &Lab, ou: &str, need: u64) {
+    let mut dc2 = support::admin_session(lab, &lab.alpha, &lab.alpha.dc_urls[1]).await;
+    let mut free = dc2_free_rids(&mut dc2, &lab.alpha.base_dn).await;
+    if free >= need {
+        return;
+    }
+    let started = Instant::now();
+    while free < need {
+        let probe = format!("CN={},{ou}", unique("rid"));
+        let _ = dc2
+            .add(
+                &probe,
+                vec![
+                    support::attr("objectClass", &["top", "person", "user"]),
+                    support::attr("userAccountControl", &["546"]),
+                ],
+            )
+            .await;
+        let _ = dc2.delete(&probe).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "ALPHA DC2 has {free} free RIDs, this test needs {need}, and DC1 gave it no new pool within 60 s"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        free = dc2_free_rids(&mut dc2, &lab.alpha.base_dn).await;
+    }
+    eprintln!(
+        "ALPHA DC2 got a new RID pool ({free} free) in {:?}",
+        started.elapsed()
+    );
+}
+
+/// Waits until DC2 holds `dn` (replication from DC1).
+async fn on_dc2(dc2: &mut DcSession, dn: &str) {
+    let started = Instant::now();
+    while dc2.read_entry(dn, &["cn"]).await.unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "DC2 did not receive {dn} within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// CONTinues ALPHA DC2 even when the test fails while it is SIGSTOPped.
+struct Dc2Cont;
+
+impl Drop for Dc2Cont {
+    fn drop(&mut self) {
+        signal_dc("alpha-dc2", "-CONT");
+    }
+}
+
+/// Usernames the agent created before it first failed over (in its log order).
+fn created_before_failover(log: &str) -> Vec<String> {
+    log.lines()
+        .take_while(|l| !l.contains("failing over"))
+        .filter(|l| l.contains(CREATED))
+        .filter_map(|l| field(l, "dn"))
+        .filter_map(|dn| dn.strip_prefix("CN="))
+        .filter_map(|rest| rest.split(',').next())
+        .map(str::to_lowercase)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "engine bug (fails in about 2 runs of 3): an add cut off by DC1's stop is re-sent to DC2; when DC1 had committed it, the user exists twice after replication (one CNF copy)"]
 async fn disruptive_dc1_killed_mid_sync_the_agent_fails_over_and_loses_nothing() {
     let Some(lab) = support::lab() else { return };
     let emu = emulator(jcemu::Config::default()).await;
@@ -647,42 +741,30 @@ async fn disruptive_dc1_killed_mid_sync_the_agent_fails_over_and_loses_nothing()
     let ad = jc.ad_instance(&lab.alpha.base_dn).await;
     let mut ou = TargetOu::new(lab, &lab.alpha, "sync-dc1").await;
     let mut observer = Observer::new(&emu, &jc).await;
-    // DC2 must hold the OU before DC1 goes away.
+    // DC2 must hold the OU before DC1 goes away, and have RIDs for what it will create.
     let mut dc2 = support::admin_session(lab, &lab.alpha, &lab.alpha.dc_urls[1]).await;
-    let started = Instant::now();
-    while dc2.read_entry(&ou.dn, &["ou"]).await.unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "DC2 did not receive the OU within 90 s"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    on_dc2(&mut dc2, &ou.dn).await;
+    ensure_dc2_rids(lab, &ou.dn, 150).await;
     let dir = scratch("sync-dc1");
     let agent = start_agent(&jc, &ad, dir.clone(), &config(lab, &emu, &dir, &ad, &ou.dn)).await;
     wait_log(&agent, BECAME_PRIMARY, Duration::from_secs(30)).await;
 
-    // 200 users bound one by one (every 10th with a password, every 7th suspended afterwards).
+    // 200 users bound one by one; DC1 stops when about half of them are in AD.
     let tag = unique("f");
     let changes = {
         let (jc, ad, tag) = (jc.clone(), ad.clone(), tag.clone());
         tokio::spawn(async move {
             let mut users = Vec::new();
             for i in 0..200 {
-                let pw = (i % 10 == 0).then(|| password(i, 0));
-                let mut w = bound_user(&jc, &ad, &format!("{tag}{i}"), pw).await;
-                if i % 7 == 3 {
-                    suspend(&jc, &mut w).await;
-                }
-                users.push(w);
+                users.push(bound_user(&jc, &ad, &format!("{tag}{i}"), None).await);
             }
             users
         })
     };
-    // DC1 stops while the agent is writing.
     let started = Instant::now();
     let at_stop = loop {
         let n = ad_users(&mut ou.admin, &ou.dn).await.unwrap().len();
-        if n >= 40 {
+        if n >= 100 {
             break n;
         }
         assert!(
@@ -701,41 +783,63 @@ async fn disruptive_dc1_killed_mid_sync_the_agent_fails_over_and_loses_nothing()
     );
     assert!(at_stop < 200, "DC1 stopped too late to test anything");
     let mut users = changes.await.unwrap();
-    // Changes made while DC1 is down.
+    // What DC1 had not replicated yet stays on DC1 until it is back (DC2 does not get it, and the
+    // agent must not create it a second time there).
+    wait_log(&agent, "failing over", Duration::from_secs(60)).await;
+    let on_dc2_now: HashSet<String> = ad_users(&mut dc2, &ou.dn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.sam.to_lowercase())
+        .collect();
+    let dc1_only: HashSet<String> = created_before_failover(&agent.log())
+        .into_iter()
+        .filter(|n| !on_dc2_now.contains(n))
+        .collect();
+    eprintln!(
+        "{} users were only on DC1 when it stopped: {dc1_only:?}",
+        dc1_only.len()
+    );
+    // Changes while DC1 is down: new users (some with passwords), a new password and a new last
+    // name for users DC2 has.
     for i in 200..210 {
         let pw = (i % 2 == 0).then(|| password(i, 0));
         users.push(bound_user(&jc, &ad, &format!("{tag}{i}"), pw).await);
     }
-    new_password(&jc, &mut users[0], password(0, 1)).await;
-    rename_sn(&jc, &mut users[1], "Moved".into()).await;
+    let replicated: Vec<usize> = (0..users.len())
+        .filter(|&i| on_dc2_now.contains(&users[i].name.to_lowercase()))
+        .take(2)
+        .collect();
+    assert_eq!(replicated.len(), 2, "DC2 has the first users");
+    new_password(&jc, &mut users[replicated[0]], password(0, 1)).await;
+    rename_sn(&jc, &mut users[replicated[1]], "Moved".into()).await;
 
+    let outage: Vec<Want> = users
+        .iter()
+        .filter(|w| !dc1_only.contains(&w.name.to_lowercase()))
+        .cloned()
+        .collect();
     let (rows, took) = converge(
         &mut dc2,
         &ou.dn,
-        &users,
+        &outage,
         &mut observer,
         Duration::from_secs(180),
         &[&agent],
     )
     .await;
     eprintln!(
-        "DC1 down: all {} users in AD via DC2, {took:?} after the last change ({:?} after the stop)",
+        "DC1 down: {} users in AD via DC2 {took:?} after the last change ({:?} after the stop)",
         rows.len(),
         stop.elapsed()
     );
-    let failures = bind_failures(lab, &lab.alpha.dc_urls[1], &rows, &users).await;
+    let failures = bind_failures(lab, &lab.alpha.dc_urls[1], &rows, &outage).await;
     assert!(failures.is_empty(), "{failures:#?}");
-    assert!(
-        agent.log().contains("failing over"),
-        "the agent should say it failed over:\n{}",
-        agent.log()
-    );
 
     // DC1 back: the agent fails back and keeps working.
     lab_cmd(&["start-dc", "alpha-dc1"]);
     let back = Instant::now();
-    // The fail-back probe runs on the engine's next request: a change makes one.
-    users.push(bound_user(&jc, &ad, &format!("{tag}a"), Some(password(900, 0))).await);
+    // The fail-back probe runs on the engine's next request: changes make some.
     let mut nudge = 0;
     while !agent.log().contains("failing back") {
         assert!(
@@ -743,11 +847,9 @@ async fn disruptive_dc1_killed_mid_sync_the_agent_fails_over_and_loses_nothing()
             "the agent did not fail back to DC1 within 90 s:\n{}",
             agent.log()
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
         nudge += 1;
-        let w = &mut users[2 + nudge];
-        let sn = format!("Nudge{nudge}");
-        rename_sn(&jc, w, sn).await;
+        rename_sn(&jc, &mut users[2 + nudge], format!("Nudge{nudge}")).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     eprintln!("failed back to DC1 {:?} after it started", back.elapsed());
     users.push(bound_user(&jc, &ad, &format!("{tag}b"), Some(password(901, 0))).await);
@@ -761,7 +863,10 @@ async fn disruptive_dc1_killed_mid_sync_the_agent_fails_over_and_loses_nothing()
         &[&agent],
     )
     .await;
-    eprintln!("after fail-back: AD (DC1) equals JumpCloud {took:?} after the last change");
+    eprintln!(
+        "after fail-back: AD (DC1) equals JumpCloud {took:?} after the last change ({} users)",
+        rows.len()
+    );
     let failures = bind_failures(lab, &lab.alpha.dc_urls[0], &rows, &users).await;
     assert!(failures.is_empty(), "{failures:#?}");
     // And DC2 agrees (replication both ways, no conflict copies).
@@ -774,9 +879,219 @@ async fn disruptive_dc1_killed_mid_sync_the_agent_fails_over_and_loses_nothing()
         &[&agent],
     )
     .await;
-    assert_each_write_once(&[agent.log()]);
+    assert_each_write_once(&[&agent.log()]);
     drop(agent);
     ou.admin = dc1;
+    ou.cleanup().await;
+}
+
+/// A user the agent created on DC1 that DC1 had not replicated when it died: changes JumpCloud
+/// makes to it during the outage must still reach AD (once DC1, and the user, are back).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "engine bug: noSuchObject on the fallback DC is treated as bad input; the password is recorded as rejected and the suspension skipped, both lost"]
+async fn disruptive_changes_to_a_user_dc1_had_not_replicated_when_it_died_are_not_lost() {
+    let Some(lab) = support::lab() else { return };
+    let emu = emulator(jcemu::Config::default()).await;
+    let jc = JcAdmin::new(&emu);
+    let ad = jc.ad_instance(&lab.alpha.base_dn).await;
+    let mut ou = TargetOu::new(lab, &lab.alpha, "sync-repl").await;
+    let mut observer = Observer::new(&emu, &jc).await;
+    let mut dc2 = support::admin_session(lab, &lab.alpha, &lab.alpha.dc_urls[1]).await;
+    on_dc2(&mut dc2, &ou.dn).await;
+    ensure_dc2_rids(lab, &ou.dn, 10).await;
+    let dir = scratch("sync-repl");
+    let agent = start_agent(&jc, &ad, dir.clone(), &config(lab, &emu, &dir, &ad, &ou.dn)).await;
+    wait_log(&agent, BECAME_PRIMARY, Duration::from_secs(30)).await;
+    let tag = unique("r");
+    let mut users = vec![bound_user(&jc, &ad, &format!("{tag}a"), Some(password(0, 0))).await];
+    converge(
+        &mut ou.admin,
+        &ou.dn,
+        &users,
+        &mut observer,
+        Duration::from_secs(60),
+        &[&agent],
+    )
+    .await;
+    on_dc2(&mut dc2, &format!("CN={tag}a,{}", ou.dn)).await;
+
+    // DC2 frozen: what the agent writes now stays on DC1; then DC1 stops and DC2 resumes.
+    let _cont = Dc2Cont;
+    let _restore = Dc1Back;
+    signal_dc("alpha-dc2", "-STOP");
+    users.push(bound_user(&jc, &ad, &format!("{tag}x"), Some(password(1, 0))).await);
+    converge(
+        &mut ou.admin,
+        &ou.dn,
+        &users,
+        &mut observer,
+        Duration::from_secs(60),
+        &[&agent],
+    )
+    .await;
+    lab_cmd(&["stop-dc", "alpha-dc1"]);
+    signal_dc("alpha-dc2", "-CONT");
+    assert!(
+        dc2.read_entry(&format!("CN={tag}x,{}", ou.dn), &["cn"])
+            .await
+            .unwrap()
+            .is_none(),
+        "DC2 must not have the user yet"
+    );
+    // JumpCloud changes the user DC2 does not have (and, as a control, one it has).
+    new_password(&jc, &mut users[1], password(1, 1)).await;
+    suspend(&jc, &mut users[1]).await;
+    rename_sn(&jc, &mut users[0], "Control".into()).await;
+    let control = users[..1].to_vec();
+    converge(
+        &mut dc2,
+        &ou.dn,
+        &control,
+        &mut observer,
+        Duration::from_secs(60),
+        &[&agent],
+    )
+    .await;
+    // DC1 back: the user replicates; the changes made during the outage must be in AD.
+    lab_cmd(&["start-dc", "alpha-dc1"]);
+    let mut dc1 = support::admin_session(lab, &lab.alpha, &lab.alpha.dc_urls[0]).await;
+    let (rows, took) = converge(
+        &mut dc1,
+        &ou.dn,
+        &users,
+        &mut observer,
+        Duration::from_secs(120),
+        &[&agent],
+    )
+    .await;
+    eprintln!("after DC1 returned: AD equals JumpCloud {took:?} later");
+    let failures = bind_failures(lab, &lab.alpha.dc_urls[0], &rows, &users).await;
+    assert!(failures.is_empty(), "{failures:#?}");
+    drop(agent);
+    ou.admin = dc1;
+    ou.cleanup().await;
+}
+
+/// A primary that stops answering (frozen) loses the role to the standby; when it resumes after the
+/// standby died it becomes primary again, and must not trust the AD index it had before the pause
+/// (the other agent wrote in between).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "engine bug: an agent that lost and regained the primary role between two polls does not reconcile and plans against its stale AD index"]
+async fn disruptive_a_frozen_primary_that_becomes_primary_again_does_not_act_on_a_stale_index() {
+    let Some(lab) = support::lab() else { return };
+    let emu = emulator(jcemu::Config {
+        agent_heartbeat_timeout_ms: 2000,
+        ..Default::default()
+    })
+    .await;
+    let jc = JcAdmin::new(&emu);
+    let ad = jc.ad_instance(&lab.alpha.base_dn).await;
+    let mut ou = TargetOu::new(lab, &lab.alpha, "sync-stale").await;
+    let mut observer = Observer::new(&emu, &jc).await;
+    let (dir_a, dir_b) = (scratch("sync-stale-a"), scratch("sync-stale-b"));
+    let first = start_agent(
+        &jc,
+        &ad,
+        dir_a.clone(),
+        &config(lab, &emu, &dir_a, &ad, &ou.dn),
+    )
+    .await;
+    wait_log(&first, BECAME_PRIMARY, Duration::from_secs(30)).await;
+    let mut second = start_agent(
+        &jc,
+        &ad,
+        dir_b.clone(),
+        &config(lab, &emu, &dir_b, &ad, &ou.dn),
+    )
+    .await;
+    wait_log(
+        &second,
+        "JumpCloud → AD sync started",
+        Duration::from_secs(30),
+    )
+    .await;
+    let tag = unique("s");
+    let mut users = vec![bound_user(&jc, &ad, &format!("{tag}a"), None).await];
+    converge(
+        &mut ou.admin,
+        &ou.dn,
+        &users,
+        &mut observer,
+        Duration::from_secs(60),
+        &[&first, &second],
+    )
+    .await;
+
+    // Freeze the primary (SIGSTOP): the standby takes over and creates a user.
+    let pid = first.pid().unwrap().to_string();
+    let frozen = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(frozen.success());
+    struct Thaw(String);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &self.0])
+                .status();
+        }
+    }
+    let thaw = Thaw(pid);
+    let took = wait_log(&second, BECAME_PRIMARY, Duration::from_secs(60)).await;
+    eprintln!("the standby took over {took:?} after the primary froze");
+    users.push(bound_user(&jc, &ad, &format!("{tag}x"), None).await);
+    // ... and changes a user the frozen agent knows.
+    suspend(&jc, &mut users[0]).await;
+    rename_sn(&jc, &mut users[0], "WhileFrozen".into()).await;
+    converge(
+        &mut ou.admin,
+        &ou.dn,
+        &users,
+        &mut observer,
+        Duration::from_secs(60),
+        &[&first, &second],
+    )
+    .await;
+    // The new primary dies; the frozen one resumes and becomes primary again.
+    second.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(thaw);
+    let started = Instant::now();
+    loop {
+        let agents = agents_of(&emu, &ad);
+        if agents.first().is_some_and(|a| a.1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the resumed agent did not become primary again: {agents:?}\n{}",
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // JumpCloud changes the user the other agent created, and puts the old one back the way the
+    // resumed agent last saw it (active, its first last name).
+    suspend(&jc, &mut users[1]).await;
+    jc.put(
+        &format!("/api/systemusers/{}", users[0].id),
+        json!({"state": "ACTIVATED"}),
+    )
+    .await;
+    users[0].active = true;
+    let name = users[0].name.clone();
+    rename_sn(&jc, &mut users[0], name).await;
+    converge(
+        &mut ou.admin,
+        &ou.dn,
+        &users,
+        &mut observer,
+        Duration::from_secs(60),
+        &[&first, &second],
+    )
+    .await;
+    assert_each_write_once(&[&first.log(), &second.log()]);
+    drop(first);
     ou.cleanup().await;
 }
 
@@ -901,7 +1216,7 @@ async fn disruptive_agent_sigkilled_mid_batch_then_restarted_converges_without_d
         .unwrap_or(0);
     assert_eq!(members, 300, "the AD group has every member");
     let log = agent.log();
-    assert_each_write_once(&[log.clone()]);
+    assert_each_write_once(&[&log]);
     let second = &log[first_run..];
     assert!(
         second.contains(BECAME_PRIMARY),

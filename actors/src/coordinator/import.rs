@@ -159,12 +159,7 @@ impl ImportEngine {
     }
 
     fn approved_removals(&self) -> u32 {
-        self.settings
-            .approve_file
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0)
+        super::approval::approved(self.settings.approve_file.as_deref())
     }
 
     /// The plan for the current state (what the next commit would queue).
@@ -299,10 +294,7 @@ impl ImportEngine {
             && plan.ops.iter().any(|o| o.is_removal())
             && self.approved_removals() > 0
         {
-            if let Some(p) = &self.settings.approve_file {
-                let _ = std::fs::remove_file(p);
-                tracing::warn!(file = %p.display(), "approved removals used; approval consumed");
-            }
+            super::approval::consume(self.settings.approve_file.as_deref());
         }
         outcome.ops = plan.ops.len();
         Ok(outcome)

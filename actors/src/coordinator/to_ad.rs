@@ -312,12 +312,7 @@ impl ToAdEngine {
     }
 
     fn approved_removals(&self) -> u32 {
-        self.settings
-            .approve_file
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0)
+        super::approval::approved(self.settings.approve_file.as_deref())
     }
 
     // ---- reading AD ----
@@ -648,10 +643,7 @@ impl ToAdEngine {
         let approved = self.approved_removals() as usize;
         if removals <= limit || removals <= approved {
             if approved > 0 && removals > limit {
-                if let Some(p) = &self.settings.approve_file {
-                    let _ = std::fs::remove_file(p);
-                    tracing::warn!(file = %p.display(), "approved removals used; approval consumed");
-                }
+                super::approval::consume(self.settings.approve_file.as_deref());
                 self.held = false;
             }
             return true;
