@@ -733,7 +733,6 @@ fn created_before_failover(log: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "engine bug (fails in about 2 runs of 3): an add cut off by DC1's stop is re-sent to DC2; when DC1 had committed it, the user exists twice after replication (one CNF copy)"]
 async fn disruptive_dc1_killed_mid_sync_the_agent_fails_over_and_loses_nothing() {
     let Some(lab) = support::lab() else { return };
     let emu = emulator(jcemu::Config::default()).await;
@@ -888,7 +887,6 @@ async fn disruptive_dc1_killed_mid_sync_the_agent_fails_over_and_loses_nothing()
 /// A user the agent created on DC1 that DC1 had not replicated when it died: changes JumpCloud
 /// makes to it during the outage must still reach AD (once DC1, and the user, are back).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "engine bug: noSuchObject on the fallback DC is treated as bad input; the password is recorded as rejected and the suspension skipped, both lost"]
 async fn disruptive_changes_to_a_user_dc1_had_not_replicated_when_it_died_are_not_lost() {
     let Some(lab) = support::lab() else { return };
     let emu = emulator(jcemu::Config::default()).await;
@@ -976,7 +974,6 @@ async fn disruptive_changes_to_a_user_dc1_had_not_replicated_when_it_died_are_no
 /// standby died it becomes primary again, and must not trust the AD index it had before the pause
 /// (the other agent wrote in between).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "engine bug: an agent that lost and regained the primary role between two polls does not reconcile and plans against its stale AD index"]
 async fn disruptive_a_frozen_primary_that_becomes_primary_again_does_not_act_on_a_stale_index() {
     let Some(lab) = support::lab() else { return };
     let emu = emulator(jcemu::Config {

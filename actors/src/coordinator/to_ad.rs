@@ -100,6 +100,13 @@ pub enum ToAdError {
     Channel(#[from] ChannelError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("domain {domain}: {count} object(s) forestsync wrote on a DC that is not answering are not visible on {dc} yet (e.g. {example}); they are not re-created elsewhere, and these changes are applied again once that DC answers")]
+    InDoubt {
+        domain: String,
+        dc: String,
+        count: usize,
+        example: String,
+    },
 }
 
 impl Classified for ToAdError {
@@ -109,6 +116,7 @@ impl Classified for ToAdError {
             ToAdError::Api(e) => e.disposition(),
             ToAdError::Channel(e) => e.disposition(),
             ToAdError::Store(e) => e.disposition(),
+            ToAdError::InDoubt { .. } => Disposition::Retry,
         }
     }
 }
@@ -143,6 +151,11 @@ fn cursor_key(domain: &str) -> String {
 }
 fn error_key(domain: &str, id: &str) -> String {
     format!("to_ad/{domain}/error/{id}")
+}
+/// Written before an object is created, removed when forestsync deletes it: "this object exists in AD
+/// because of us", whatever a lagging DC shows.
+fn managed_key(domain: &str, id: &str) -> String {
+    format!("to_ad/{domain}/managed/{id}")
 }
 fn rejected_key(domain: &str, id: &str) -> String {
     format!("to_ad/{domain}/password_rejected/{id}")
@@ -181,6 +194,13 @@ pub struct ToAdEngine {
     /// Events up to this seq happened before the last full reconcile read both sides: only their
     /// passwords (which the reconcile cannot read) are still applied.
     covered_through: u64,
+    /// Objects forestsync manages (per the store) that the DC in use does not show: written on a DC
+    /// that is down now and not replicated yet. Never re-created elsewhere; the page stays
+    /// unacknowledged (applied again) until the DC that holds them answers.
+    in_doubt: BTreeSet<String>,
+    /// The DC the last step used: a change (fail-over, fail-back) means the index came from another
+    /// DC's view, so the engine reconciles.
+    last_dc: String,
 }
 
 impl ToAdEngine {
@@ -208,6 +228,8 @@ impl ToAdEngine {
             held: false,
             report_seq: cursor,
             covered_through: 0,
+            in_doubt: BTreeSet::new(),
+            last_dc: String::new(),
         })
     }
 
@@ -271,6 +293,21 @@ impl ToAdEngine {
         }
         let newest = page.events.iter().map(|e| e.seq).max().unwrap_or(0);
         self.report_seq = self.report_seq.max(page.head).max(newest);
+        if self.reconciled && page.acked != self.cursor {
+            // Someone else acknowledged changes: the primary role moved away and back without this
+            // agent seeing a standby answer (it was paused, or busy longer than the heartbeat
+            // timeout). What it holds in memory is stale.
+            tracing::warn!(domain = %self.d.name, acked = page.acked, ours = self.cursor, "another agent acknowledged changes meanwhile; reconciling");
+            self.reconciled = false;
+            self.cursor = self.cursor.max(page.acked);
+        }
+        let dc = self.d.directory.current_dc();
+        if self.reconciled && dc != self.last_dc {
+            tracing::info!(domain = %self.d.name, from = %self.last_dc, to = %dc, "the domain's DC changed; reconciling with its view");
+            self.reconciled = false;
+        }
+        self.last_dc = dc;
+        self.in_doubt.clear();
         if !self.reconciled || (self.held && self.approved_removals() > 0) {
             tracing::info!(domain = %self.d.name, "primary for the AD instance: reconciling JumpCloud and AD");
             self.reconcile().await?;
@@ -285,6 +322,7 @@ impl ToAdEngine {
                 "reconciled JumpCloud and AD"
             );
         }
+        self.check_in_doubt()?;
         if page.events.is_empty() {
             return Ok(());
         }
@@ -299,6 +337,7 @@ impl ToAdEngine {
             tracing::debug!(domain = %self.d.name, skipped = page.events.len() - events.len(), through_seq = self.covered_through, "events already reflected by the reconcile");
         }
         self.apply_events(&events).await?;
+        self.check_in_doubt()?;
         self.cursor = last;
         let (store, key, value) = (
             self.store.clone(),
@@ -309,6 +348,52 @@ impl ToAdEngine {
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(())
+    }
+
+    /// Fails the step (the page is not acknowledged) while objects are in doubt.
+    fn check_in_doubt(&self) -> Result<(), ToAdError> {
+        match self.in_doubt.iter().next() {
+            None => Ok(()),
+            Some(example) => Err(ToAdError::InDoubt {
+                domain: self.d.name.clone(),
+                dc: self.d.directory.current_dc(),
+                count: self.in_doubt.len(),
+                example: example.clone(),
+            }),
+        }
+    }
+
+    fn is_managed(&self, id: &str) -> bool {
+        matches!(self.store.get_meta(&managed_key(&self.d.name, id)), Ok(Some(_)))
+    }
+
+    async fn set_managed(&self, id: &str, dn: Option<&str>) -> Result<(), ToAdError> {
+        let (store, key) = (self.store.clone(), managed_key(&self.d.name, id));
+        let dn = dn.map(str::to_owned);
+        tokio::task::spawn_blocking(move || match dn {
+            Some(dn) => store.set_meta(&key, &dn),
+            None => store.delete_meta(&key),
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    /// A create for an object forestsync already made, which the DC in use does not show: on a
+    /// fallback DC that is replication lag (in doubt: never re-created there); on the preferred DC
+    /// the object is really gone (deleted in AD) and is created again.
+    fn create_in_doubt(&mut self, id: &str, dn: &str) -> bool {
+        if !self.is_managed(id) {
+            return false;
+        }
+        if self.d.directory.on_preferred() {
+            tracing::warn!(domain = %self.d.name, object = id, dn, "an object forestsync created is gone from AD; creating it again");
+            return false;
+        }
+        if self.in_doubt.insert(id.to_owned()) {
+            tracing::warn!(domain = %self.d.name, object = id, dn, dc = %self.d.directory.current_dc(), "created on a DC that is not answering and not visible here yet; waiting for that DC instead of creating it twice");
+        }
+        true
     }
 
     fn approved_removals(&self) -> u32 {
@@ -382,14 +467,39 @@ impl ToAdEngine {
             .await?;
         self.users.clear();
         self.groups.clear();
+        let mut seen: HashMap<String, AdEntry> = HashMap::new();
+        let mut copies: Vec<AdEntry> = Vec::new();
         for e in entries {
             let Some(m) = e.first(MARKER_ATTRIBUTE).and_then(parse_marker) else {
                 continue;
+            };
+            // Two objects for one JumpCloud id: a create that reached two DCs (replication made one
+            // a conflict copy, "CNF:" in its RDN). Keep the regular one.
+            let e = match seen.remove(&m.id) {
+                Some(first) if is_conflict_copy(&first.dn) && !is_conflict_copy(&e.dn) => {
+                    copies.push(first);
+                    e
+                }
+                Some(first) => {
+                    copies.push(e);
+                    first
+                }
+                None => e,
             };
             if e.has_class("group") {
                 self.groups.insert(m.id.clone(), to_group(&e));
             } else if e.has_class("user") {
                 self.users.insert(m.id.clone(), to_user(&e));
+            }
+            seen.insert(m.id, e);
+        }
+        for copy in copies {
+            if copy.is_privileged() {
+                continue;
+            }
+            tracing::warn!(domain = %self.d.name, dn = %copy.dn, "a second AD object for one JumpCloud object (a replication conflict copy); deleting it");
+            if let Err(e) = tolerate_missing(self.write(DirRequest::Delete { dn: copy.dn.clone() }).await) {
+                tracing::warn!(domain = %self.d.name, dn = %copy.dn, error = %e, "cannot delete the conflict copy");
             }
         }
         Ok(())
@@ -703,6 +813,20 @@ impl ToAdEngine {
                 self.clear_error(id, kind).await;
                 Ok(())
             }
+            // The managed object is not where the index says: on a fallback DC, replication lag (in
+            // doubt); on the preferred DC, moved or deleted by someone: re-read both sides.
+            Err(e) if is_no_such_object(&e) => {
+                if self.d.directory.on_preferred() {
+                    tracing::warn!(domain = %self.d.name, object = id, error = %e, "a managed object moved or vanished in AD; reconciling");
+                    self.users.remove(id);
+                    self.groups.remove(id);
+                    self.reconciled = false;
+                } else {
+                    tracing::warn!(domain = %self.d.name, object = id, dc = %self.d.directory.current_dc(), "a managed object is not on this DC yet (replication); waiting for the DC that has it");
+                }
+                self.in_doubt.insert(id.to_owned());
+                Ok(())
+            }
             Err(e) if matches!(e.disposition(), Disposition::BadInput) => {
                 let reason = e.to_string();
                 tracing::warn!(domain = %self.d.name, object = id, error = %reason, "AD refused a write for this object; it is skipped until it changes");
@@ -771,6 +895,10 @@ impl ToAdEngine {
                 Ok(())
             }
             UserPlan::Create { dn, attrs, enable } => {
+                if self.create_in_doubt(id, &dn) {
+                    return Ok(());
+                }
+                self.set_managed(id, Some(&dn)).await?;
                 match self.create_user(id, &dn, &attrs, enable).await {
                     Ok(Some(reason)) => {
                         self.refuse(id, ReportKind::User, reason).await;
@@ -819,6 +947,7 @@ impl ToAdEngine {
                     match action {
                         RemovalAction::Delete => {
                             self.users.remove(id);
+                            self.set_managed(id, None).await?;
                         }
                         _ => {
                             if let Some(u) = self.users.get_mut(id) {
@@ -1045,6 +1174,10 @@ impl ToAdEngine {
                 Ok(())
             }
             GroupPlan::Create { dn, attrs, members } => {
+                if self.create_in_doubt(id, &dn) {
+                    return Ok(());
+                }
+                self.set_managed(id, Some(&dn)).await?;
                 match self.create_group(id, &dn, &attrs, &members).await {
                     Ok(Some(reason)) => {
                         self.refuse(id, ReportKind::UserGroup, reason).await;
@@ -1087,6 +1220,7 @@ impl ToAdEngine {
                     match action {
                         RemovalAction::Delete => {
                             self.groups.remove(id);
+                            self.set_managed(id, None).await?;
                         }
                         _ => {
                             if let Some(g) = self.groups.get_mut(id) {
@@ -1385,6 +1519,10 @@ impl ToAdEngine {
 
     async fn apply_password(&mut self, uid: &str, e: &ChannelEvent) -> Result<(), ToAdError> {
         let Some(user) = self.users.get(uid).cloned() else {
+            if self.is_managed(uid) && !self.d.directory.on_preferred() {
+                self.in_doubt.insert(uid.to_owned());
+                return Ok(());
+            }
             tracing::debug!(domain = %self.d.name, object = uid, seq = e.seq, "password for a user with no AD account here; ignored");
             return Ok(());
         };
@@ -1466,7 +1604,10 @@ impl ToAdEngine {
                 });
                 Ok(())
             }
-            Err(err) if matches!(err.disposition(), Disposition::BadInput) => {
+            Err(err) if is_no_such_object(&err) => {
+                self.per_object(uid, ReportKind::Password, Err(err)).await
+            }
+            Err(err) if err.is_password_policy() => {
                 let reason = ad_reason(&err);
                 self.stats.passwords_rejected += 1;
                 tracing::warn!(domain = %self.d.name, object = uid, dn = %user.dn, seq = e.seq, reason = %reason, "AD rejected the password from JumpCloud; not retried until it changes again");
@@ -1482,6 +1623,9 @@ impl ToAdEngine {
                     message: reason,
                 });
                 Ok(())
+            }
+            Err(err) if matches!(err.disposition(), Disposition::BadInput) => {
+                self.per_object(uid, ReportKind::Password, Err(err)).await
             }
             Err(err) => Err(self.dir_err(err)),
         }
@@ -1534,6 +1678,12 @@ fn ad_reason(e: &DirectoryError) -> String {
         DirectoryError::Refused { rc, name, text, .. } => format!("LDAP {rc} ({name}): {text}"),
         other => other.to_string(),
     }
+}
+
+/// AD renames the loser of a replication naming conflict to `<RDN>\0ACNF:<guid>` (escaped in a DN).
+fn is_conflict_copy(dn: &str) -> bool {
+    let rdn = dn.split(',').next().unwrap_or_default().to_ascii_uppercase();
+    rdn.contains("CNF:")
 }
 
 fn is_already_exists(e: &DirectoryError) -> bool {

@@ -67,6 +67,12 @@ impl DomainDirectory {
         &self.inner.domain
     }
 
+    /// Whether requests go to the preferred (first) DC, whose view is the authoritative one for
+    /// the domain's writes (a fallback DC may not have them yet).
+    pub fn on_preferred(&self) -> bool {
+        self.inner.current.load(Ordering::SeqCst) == 0
+    }
+
     /// The URL of the DC requests currently go to (empty when the domain has no DC).
     pub fn current_dc(&self) -> String {
         let i = self.inner.current.load(Ordering::SeqCst);
@@ -115,6 +121,15 @@ impl DomainDirectory {
                 },
             };
             let next = (index + 1) % count;
+            // An add whose outcome is unknown (sent, then no answer) may have been applied: sending it
+            // to another DC could create a second object that replication later turns into a
+            // conflict copy. The DC is still left for the next one; the caller retries later and
+            // treats the object as in doubt until the DC that may hold it answers again.
+            let outcome_unknown = matches!(req, DirRequest::Add { .. })
+                && matches!(
+                    error,
+                    DirectoryError::Timeout { .. } | DirectoryError::ConnectionLost { .. }
+                );
             // Only the first of several concurrent failures on this DC moves the domain on.
             let moved = inner
                 .current
@@ -126,6 +141,9 @@ impl DomainDirectory {
                 }
             } else {
                 tracing::warn!(domain = %inner.domain, dc = %url, request = req.kind(), reason = %error, "DC failed; no other DC to try");
+            }
+            if outcome_unknown {
+                return Err(error);
             }
             last = Some(error);
         }
