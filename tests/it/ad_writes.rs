@@ -462,7 +462,9 @@ async fn refused_passwords_keep_the_dcs_reason_and_samba_cannot_enforce_history_
         let sam = unique("awp");
         let dn = create_user(&mut s, &ou, &sam).await;
         let (first, second) = ("Kq7#mVt2-One-9xZ", "Rw4$pLn8-Two-3yQ");
-        set_password(&mut s, &dn, first, false).await.expect("first");
+        set_password(&mut s, &dn, first, false)
+            .await
+            .expect("first");
 
         expect_policy_refusal(
             set_password(&mut s, &dn, "aaaaaaaa1", false).await,
@@ -479,10 +481,14 @@ async fn refused_passwords_keep_the_dcs_reason_and_samba_cannot_enforce_history_
             TOO_SHORT,
             "too short",
         );
-        set_password(&mut s, &dn, second, false).await.expect("second");
+        set_password(&mut s, &dn, second, false)
+            .await
+            .expect("second");
         let last_set = || async {
             let mut s = svc(lab).await;
-            one(&mut s, &dn, &["pwdLastSet"]).await.and_then(|e| e.pwd_last_set())
+            one(&mut s, &dn, &["pwdLastSet"])
+                .await
+                .and_then(|e| e.pwd_last_set())
         };
         let before = last_set().await;
 

@@ -791,9 +791,25 @@ async fn disruptive_dc1_killed_mid_sync_the_agent_fails_over_and_loses_nothing()
         .iter()
         .map(|r| r.sam.to_lowercase())
         .collect();
-    let dc1_only: HashSet<String> = created_before_failover(&agent.log())
+    // The reconcile on DC2 that follows the fail-over names what it holds back (created, or an add
+    // whose answer was lost, on DC1): those wait for DC1 instead of being created a second time.
+    let reconciled_on_dc2 = Instant::now();
+    while agent.log().matches("reconciled JumpCloud and AD").count() < 2
+        && reconciled_on_dc2.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = agent.log();
+    let dc1_only: HashSet<String> = created_before_failover(&log)
         .into_iter()
         .filter(|n| !on_dc2_now.contains(n))
+        .chain(
+            log.lines()
+                .filter(|l| l.contains("instead of creating it twice"))
+                .filter_map(|l| field(l, "dn"))
+                .filter_map(|dn| dn.strip_prefix("CN=").map(str::to_owned))
+                .filter_map(|rest| rest.split(',').next().map(str::to_lowercase)),
+        )
         .collect();
     eprintln!(
         "{} users were only on DC1 when it stopped: {dc1_only:?}",

@@ -21,8 +21,10 @@ async fn unbinding_most_users_at_once_is_held_until_approved() {
     let mut ou = TargetOu::new(lab, &lab.alpha, "sync-guard").await;
     let dir = scratch("sync-guard");
     // Default percent guard (20 %), at most 2 removals at once.
-    let text = sync_config(lab, &emu, &dir, &lab.alpha, &ad, &ou.dn, "")
-        .replace("max_removal_percent = 100", "max_removal_percent = 20\nmax_removals = 2");
+    let text = sync_config(lab, &emu, &dir, &lab.alpha, &ad, &ou.dn, "").replace(
+        "max_removal_percent = 100",
+        "max_removal_percent = 20\nmax_removals = 2",
+    );
     let tag = unique("g");
     let short = &tag[..tag.len().min(15)];
     let names: Vec<String> = (0..5).map(|i| format!("{short}{i}")).collect();
@@ -35,10 +37,18 @@ async fn unbinding_most_users_at_once_is_held_until_approved() {
     let agent = start_agent(&jc, &ad, dir.clone(), &text).await;
     for n in &names {
         let n = n.clone();
-        wait_ad(&mut ou, &agent, SYNC, "user created and enabled", move |ou| {
-            let n = n.clone();
-            Box::pin(async move { disabled(ou.first(&n, "userAccountControl").await).filter(|d| !d) })
-        })
+        wait_ad(
+            &mut ou,
+            &agent,
+            SYNC,
+            "user created and enabled",
+            move |ou| {
+                let n = n.clone();
+                Box::pin(async move {
+                    disabled(ou.first(&n, "userAccountControl").await).filter(|d| !d)
+                })
+            },
+        )
         .await;
     }
 
@@ -70,10 +80,18 @@ async fn unbinding_most_users_at_once_is_held_until_approved() {
     std::fs::write(dir.join("state").join("approve-removals"), "10\n").unwrap();
     for n in &names {
         let n = n.clone();
-        wait_ad(&mut ou, &agent, SYNC, "user disabled after approval", move |ou| {
-            let n = n.clone();
-            Box::pin(async move { disabled(ou.first(&n, "userAccountControl").await).filter(|d| *d) })
-        })
+        wait_ad(
+            &mut ou,
+            &agent,
+            SYNC,
+            "user disabled after approval",
+            move |ou| {
+                let n = n.clone();
+                Box::pin(async move {
+                    disabled(ou.first(&n, "userAccountControl").await).filter(|d| *d)
+                })
+            },
+        )
         .await;
     }
     assert!(
@@ -85,7 +103,8 @@ async fn unbinding_most_users_at_once_is_held_until_approved() {
 }
 
 async fn faults(jc: &JcAdmin, body: serde_json::Value) {
-    jc.call(reqwest::Method::PUT, "/__emulator/faults", Some(body)).await;
+    jc.call(reqwest::Method::PUT, "/__emulator/faults", Some(body))
+        .await;
 }
 
 /// Half of all public-API requests answered 429/502/503: the agent retries, converges, and writes each
@@ -115,14 +134,26 @@ async fn jumpcloud_to_ad_converges_through_api_faults() {
     std::fs::write(&config, &text).unwrap();
     let (ok, out) = register(&config, &jc.connect_key(&ad).await, false);
     assert!(ok, "register failed: {out}");
-    faults(&jc, json!({"error_rate": 0.5, "error_statuses": [429, 502, 503], "retry_after": true})).await;
+    faults(
+        &jc,
+        json!({"error_rate": 0.5, "error_statuses": [429, 502, 503], "retry_after": true}),
+    )
+    .await;
     let agent = crate::import_mode::Agent::start(dir.clone(), &text);
     for (name, _) in &ids {
         let n = name.clone();
-        wait_ad(&mut ou, &agent, Duration::from_secs(90), "user created through API faults", move |ou| {
-            let n = n.clone();
-            Box::pin(async move { disabled(ou.first(&n, "userAccountControl").await).filter(|d| !d) })
-        })
+        wait_ad(
+            &mut ou,
+            &agent,
+            Duration::from_secs(90),
+            "user created through API faults",
+            move |ou| {
+                let n = n.clone();
+                Box::pin(async move {
+                    disabled(ou.first(&n, "userAccountControl").await).filter(|d| !d)
+                })
+            },
+        )
         .await;
     }
     // Changes made while healthy for a moment, applied while faulty.
@@ -130,26 +161,57 @@ async fn jumpcloud_to_ad_converges_through_api_faults() {
     for (i, (_, id)) in ids.iter().enumerate() {
         jc.set_password(id, &format!("Fault!{i}Pw-{short}")).await;
     }
-    jc.put(&format!("/api/systemusers/{}", ids[0].1), json!({"state": "SUSPENDED"})).await;
-    let head = jc.call(reqwest::Method::GET, "/__emulator/state", None).await["agentChannel"]["head"]
+    jc.put(
+        &format!("/api/systemusers/{}", ids[0].1),
+        json!({"state": "SUSPENDED"}),
+    )
+    .await;
+    let head = jc
+        .call(reqwest::Method::GET, "/__emulator/state", None)
+        .await["agentChannel"]["head"]
         .as_u64()
         .unwrap();
-    faults(&jc, json!({"error_rate": 0.5, "error_statuses": [429, 502, 503], "retry_after": true})).await;
+    faults(
+        &jc,
+        json!({"error_rate": 0.5, "error_statuses": [429, 502, 503], "retry_after": true}),
+    )
+    .await;
     let first = ids[0].0.clone();
-    wait_ad(&mut ou, &agent, Duration::from_secs(90), "suspended through API faults", move |ou| {
-        let n = first.clone();
-        Box::pin(async move { disabled(ou.first(&n, "userAccountControl").await).filter(|d| *d) })
-    })
+    wait_ad(
+        &mut ou,
+        &agent,
+        Duration::from_secs(90),
+        "suspended through API faults",
+        move |ou| {
+            let n = first.clone();
+            Box::pin(
+                async move { disabled(ou.first(&n, "userAccountControl").await).filter(|d| *d) },
+            )
+        },
+    )
     .await;
     for (i, (name, _)) in ids.iter().enumerate() {
         let n = name.clone();
-        let marker = wait_ad(&mut ou, &agent, Duration::from_secs(90), "password written", move |ou| {
-            let n = n.clone();
-            Box::pin(async move { ou.first(&n, "adminDescription").await.filter(|m| m.contains(";pw=")) })
-        })
+        let marker = wait_ad(
+            &mut ou,
+            &agent,
+            Duration::from_secs(90),
+            "password written",
+            move |ou| {
+                let n = n.clone();
+                Box::pin(async move {
+                    ou.first(&n, "adminDescription")
+                        .await
+                        .filter(|m| m.contains(";pw="))
+                })
+            },
+        )
         .await;
         let seq: u64 = marker.rsplit(";pw=").next().unwrap().parse().unwrap();
-        assert!(seq <= head, "marker {marker} names an event after the last one ({head})");
+        assert!(
+            seq <= head,
+            "marker {marker} names an event after the last one ({head})"
+        );
         if i == 0 {
             continue; // suspended: a disabled account cannot bind
         }
@@ -159,7 +221,9 @@ async fn jumpcloud_to_ad_converges_through_api_faults() {
         let mut s = support::bound_session(lab, &lab.alpha.dc_urls[0], &dn, &pw).await;
         let _ = s.root_dse().await;
     }
-    let requests = jc.call(reqwest::Method::GET, "/__emulator/requests", None).await;
+    let requests = jc
+        .call(reqwest::Method::GET, "/__emulator/requests", None)
+        .await;
     let failed = requests["requests"]
         .as_array()
         .unwrap()
@@ -169,11 +233,21 @@ async fn jumpcloud_to_ad_converges_through_api_faults() {
     assert!(
         failed >= 1,
         "the faults were not exercised ({failed} failed requests): {}",
-        requests["requests"].as_array().unwrap().iter().map(|r| format!("{} {} {} {}", r["ts"], r["method"], r["path"], r["status"])).collect::<Vec<_>>().join("\n")
+        requests["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {} {} {}", r["ts"], r["method"], r["path"], r["status"]))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let log = agent.log();
     let written = log.matches("password from JumpCloud written to AD").count();
-    assert_eq!(written, ids.len(), "each password is written exactly once:\n{log}");
+    assert_eq!(
+        written,
+        ids.len(),
+        "each password is written exactly once:\n{log}"
+    );
     faults(&jc, json!({"error_rate": 0.0})).await;
     drop(agent);
     ou.cleanup().await;

@@ -301,6 +301,7 @@ impl ToAdEngine {
             self.reconciled = false;
             self.cursor = self.cursor.max(page.acked);
         }
+        self.d.directory.maybe_fail_back();
         let dc = self.d.directory.current_dc();
         if self.reconciled && dc != self.last_dc {
             tracing::info!(domain = %self.d.name, from = %self.last_dc, to = %dc, "the domain's DC changed; reconciling with its view");
@@ -364,7 +365,10 @@ impl ToAdEngine {
     }
 
     fn is_managed(&self, id: &str) -> bool {
-        matches!(self.store.get_meta(&managed_key(&self.d.name, id)), Ok(Some(_)))
+        matches!(
+            self.store.get_meta(&managed_key(&self.d.name, id)),
+            Ok(Some(_))
+        )
     }
 
     async fn set_managed(&self, id: &str, dn: Option<&str>) -> Result<(), ToAdError> {
@@ -498,7 +502,12 @@ impl ToAdEngine {
                 continue;
             }
             tracing::warn!(domain = %self.d.name, dn = %copy.dn, "a second AD object for one JumpCloud object (a replication conflict copy); deleting it");
-            if let Err(e) = tolerate_missing(self.write(DirRequest::Delete { dn: copy.dn.clone() }).await) {
+            if let Err(e) = tolerate_missing(
+                self.write(DirRequest::Delete {
+                    dn: copy.dn.clone(),
+                })
+                .await,
+            ) {
                 tracing::warn!(domain = %self.d.name, dn = %copy.dn, error = %e, "cannot delete the conflict copy");
             }
         }
@@ -1682,7 +1691,11 @@ fn ad_reason(e: &DirectoryError) -> String {
 
 /// AD renames the loser of a replication naming conflict to `<RDN>\0ACNF:<guid>` (escaped in a DN).
 fn is_conflict_copy(dn: &str) -> bool {
-    let rdn = dn.split(',').next().unwrap_or_default().to_ascii_uppercase();
+    let rdn = dn
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
     rdn.contains("CNF:")
 }
 

@@ -764,7 +764,10 @@ mod tests {
     fn policy_hints_and_password_values_are_encoded_as_ad_wants() {
         let c = policy_hints_control(POLICY_HINTS_OID);
         assert_eq!(c.ctype, "1.2.840.113556.1.4.2239");
-        assert!(!c.crit, "non-critical: a DC that does not know it (Samba) still resets");
+        assert!(
+            !c.crit,
+            "non-critical: a DC that does not know it (Samba) still resets"
+        );
         assert_eq!(c.val.as_deref(), Some(&[0x30, 0x03, 0x02, 0x01, 0x01][..]));
         let v = quoted_utf16(&Secret::new("Aé1"));
         assert_eq!(

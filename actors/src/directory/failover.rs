@@ -155,7 +155,9 @@ impl DomainDirectory {
 
     /// While on a fallback DC, at most every [`FAILBACK_EVERY`]: probes the preferred DC in the
     /// background and makes it current again when it answers. Requests never wait for the probe.
-    fn maybe_fail_back(&self) {
+    /// Every request calls it; a caller that may go a while without requests (waiting for the
+    /// preferred DC to come back) calls it too.
+    pub fn maybe_fail_back(&self) {
         let inner = &self.inner;
         if inner.current.load(Ordering::SeqCst) == 0 || inner.dcs.len() < 2 {
             return;

@@ -194,7 +194,6 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), PasswordError> {
     }
 }
 
-
 /// The spool file of capture `id`.
 pub fn spool_path(spool_dir: &Path, id: &str) -> PathBuf {
     spool_dir.join(format!("{id}.{SPOOL_EXT}"))
