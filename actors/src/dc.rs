@@ -473,13 +473,21 @@ pub async fn execute(session: &mut DcSession, req: DirRequest) -> Result<DirRepl
 #[rtype(result = "Result<DirReply, DirectoryError>")]
 pub struct Directory(pub DirRequest);
 
+/// The least time an AD write may take before it counts as failed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Handler<Directory> for DcActor {
     type Result = ResponseFuture<Result<DirReply, DirectoryError>>;
 
     fn handle(&mut self, Directory(req): Directory, _: &mut Context<Self>) -> Self::Result {
+        // Writes get longer than probes: an add hashes a password and runs the DC's password
+        // script, which a loaded DC takes seconds for; a write that times out leaves its outcome in
+        // doubt (the caller then waits for this DC), so a false alarm is costly. A hung DC is still
+        // found by the probe timeout.
         let timeout = match &req {
             DirRequest::Find { members: true, .. } => self.read_timeout,
-            _ => self.timeouts.operation,
+            DirRequest::Find { .. } => self.timeouts.operation,
+            _ => self.timeouts.operation.max(WRITE_TIMEOUT),
         };
         self.with_session(timeout, move |s, _| Box::pin(execute(s, req)))
     }

@@ -198,6 +198,8 @@ pub struct ToAdEngine {
     /// that is down now and not replicated yet. Never re-created elsewhere; the page stays
     /// unacknowledged (applied again) until the DC that holds them answers.
     in_doubt: BTreeSet<String>,
+    /// Of `in_doubt`, the groups (the rest are users): re-planned at every step until resolved.
+    in_doubt_groups: BTreeSet<String>,
     /// The DC the last step used: a change (fail-over, fail-back) means the index came from another
     /// DC's view, so the engine reconciles.
     last_dc: String,
@@ -229,6 +231,7 @@ impl ToAdEngine {
             report_seq: cursor,
             covered_through: 0,
             in_doubt: BTreeSet::new(),
+            in_doubt_groups: BTreeSet::new(),
             last_dc: String::new(),
         })
     }
@@ -249,7 +252,9 @@ impl ToAdEngine {
                 return;
             }
             // Held removals: look for an approval every 2 s instead of waiting a whole long poll.
-            let wait = match (self.reconciled, self.held) {
+            // Held removals or objects in doubt: look again every second or two instead of
+            // waiting a whole long poll (an approval, or the DC holding them coming back).
+            let wait = match (self.reconciled, self.held || !self.in_doubt.is_empty()) {
                 (false, _) => Duration::ZERO,
                 (true, true) => self.settings.poll_wait.min(Duration::from_secs(2)),
                 (true, false) => self.settings.poll_wait,
@@ -308,7 +313,6 @@ impl ToAdEngine {
             self.reconciled = false;
         }
         self.last_dc = dc;
-        self.in_doubt.clear();
         if !self.reconciled || (self.held && self.approved_removals() > 0) {
             tracing::info!(domain = %self.d.name, "primary for the AD instance: reconciling JumpCloud and AD");
             self.reconcile().await?;
@@ -323,6 +327,7 @@ impl ToAdEngine {
                 "reconciled JumpCloud and AD"
             );
         }
+        self.retry_in_doubt().await?;
         self.check_in_doubt()?;
         if page.events.is_empty() {
             return Ok(());
@@ -348,6 +353,25 @@ impl ToAdEngine {
         tokio::task::spawn_blocking(move || store.set_meta(&key, &value))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    /// Plans the objects left in doubt again (the DC holding them may answer now).
+    async fn retry_in_doubt(&mut self) -> Result<(), ToAdError> {
+        if self.in_doubt.is_empty() {
+            return Ok(());
+        }
+        let groups = std::mem::take(&mut self.in_doubt_groups);
+        let users: BTreeSet<String> = std::mem::take(&mut self.in_doubt)
+            .into_iter()
+            .filter(|id| !groups.contains(id))
+            .collect();
+        if !users.is_empty() {
+            self.refresh_users(&users, Bound::Partial(&BTreeSet::new())).await?;
+        }
+        if !groups.is_empty() {
+            self.refresh_groups(&groups, &mut HashMap::new()).await?;
+        }
         Ok(())
     }
 
@@ -386,13 +410,16 @@ impl ToAdEngine {
     /// A create for an object forestsync already made, which the DC in use does not show: on a
     /// fallback DC that is replication lag (in doubt: never re-created there); on the preferred DC
     /// the object is really gone (deleted in AD) and is created again.
-    fn create_in_doubt(&mut self, id: &str, dn: &str) -> bool {
+    fn create_in_doubt(&mut self, id: &str, dn: &str, group: bool) -> bool {
         if !self.is_managed(id) {
             return false;
         }
         if self.d.directory.on_preferred() {
             tracing::warn!(domain = %self.d.name, object = id, dn, "an object forestsync created is gone from AD; creating it again");
             return false;
+        }
+        if group {
+            self.in_doubt_groups.insert(id.to_owned());
         }
         if self.in_doubt.insert(id.to_owned()) {
             tracing::warn!(domain = %self.d.name, object = id, dn, dc = %self.d.directory.current_dc(), "created on a DC that is not answering and not visible here yet; waiting for that DC instead of creating it twice");
@@ -833,6 +860,9 @@ impl ToAdEngine {
                 } else {
                     tracing::warn!(domain = %self.d.name, object = id, dc = %self.d.directory.current_dc(), "a managed object is not on this DC yet (replication); waiting for the DC that has it");
                 }
+                if kind == ReportKind::UserGroup {
+                    self.in_doubt_groups.insert(id.to_owned());
+                }
                 self.in_doubt.insert(id.to_owned());
                 Ok(())
             }
@@ -904,7 +934,7 @@ impl ToAdEngine {
                 Ok(())
             }
             UserPlan::Create { dn, attrs, enable } => {
-                if self.create_in_doubt(id, &dn) {
+                if self.create_in_doubt(id, &dn, false) {
                     return Ok(());
                 }
                 self.set_managed(id, Some(&dn)).await?;
@@ -1183,7 +1213,7 @@ impl ToAdEngine {
                 Ok(())
             }
             GroupPlan::Create { dn, attrs, members } => {
-                if self.create_in_doubt(id, &dn) {
+                if self.create_in_doubt(id, &dn, true) {
                     return Ok(());
                 }
                 self.set_managed(id, Some(&dn)).await?;
