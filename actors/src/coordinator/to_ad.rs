@@ -328,9 +328,9 @@ impl ToAdEngine {
             );
         }
         self.retry_in_doubt().await?;
-        self.check_in_doubt()?;
         if page.events.is_empty() {
-            return Ok(());
+            // Nothing new: still no acknowledgement while objects are in doubt.
+            return self.check_in_doubt();
         }
         let last = newest.max(self.cursor);
         let events: Vec<ChannelEvent> = page
@@ -367,7 +367,8 @@ impl ToAdEngine {
             .filter(|id| !groups.contains(id))
             .collect();
         if !users.is_empty() {
-            self.refresh_users(&users, Bound::Partial(&BTreeSet::new())).await?;
+            self.refresh_users(&users, Bound::Partial(&BTreeSet::new()))
+                .await?;
         }
         if !groups.is_empty() {
             self.refresh_groups(&groups, &mut HashMap::new()).await?;
