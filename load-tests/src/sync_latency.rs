@@ -276,7 +276,7 @@ async fn measure(
     for i in 0..changes {
         let (id, dn) = &ids[i % ids.len()];
         let before = marker(admin, dn).await?;
-        let password = format!("Sync!{i}x{}Qz9", std::process::id());
+        let password = format!("Bench!{i}x{}Qz9", std::process::id());
         api.call(
             reqwest::Method::POST,
             &format!("/api/systemusers/{id}/password"),
