@@ -157,6 +157,10 @@ fn error_key(domain: &str, id: &str) -> String {
 fn managed_key(domain: &str, id: &str) -> String {
     format!("to_ad/{domain}/managed/{id}")
 }
+/// The newest password event this agent wrote for a user.
+fn written_key(domain: &str, id: &str) -> String {
+    format!("to_ad/{domain}/password_written/{id}")
+}
 fn rejected_key(domain: &str, id: &str) -> String {
     format!("to_ad/{domain}/password_rejected/{id}")
 }
@@ -1589,6 +1593,17 @@ impl ToAdEngine {
         {
             return Ok(()); // already in AD (a replay)
         }
+        // Written by this agent to a DC that has not replicated it to the one in use now: not again
+        // (the AD marker is the guard across agents, this record the guard across DCs).
+        let written = written_key(&self.d.name, uid);
+        if self
+            .store
+            .get_meta(&written)?
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|s| s >= e.seq)
+        {
+            return Ok(());
+        }
         let rejected = rejected_key(&self.d.name, uid);
         if let Some(v) = self.store.get_meta(&rejected)? {
             if v.split('\t')
@@ -1633,8 +1648,13 @@ impl ToAdEngine {
                 if let Some(u) = self.users.get_mut(uid) {
                     u.marker = parse_marker(&marker);
                 }
-                let store = self.store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.delete_meta(&rejected)).await;
+                let (store, seq) = (self.store.clone(), e.seq.to_string());
+                tokio::task::spawn_blocking(move || {
+                    store.set_meta(&written, &seq)?;
+                    store.delete_meta(&rejected)
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))??;
                 self.reports.push(Report {
                     kind: ReportKind::Password,
                     id: uid.to_owned(),
