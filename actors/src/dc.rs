@@ -474,7 +474,7 @@ pub async fn execute(session: &mut DcSession, req: DirRequest) -> Result<DirRepl
 pub struct Directory(pub DirRequest);
 
 /// The least time an AD write may take before it counts as failed.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Handler<Directory> for DcActor {
     type Result = ResponseFuture<Result<DirReply, DirectoryError>>;

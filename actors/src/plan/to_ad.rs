@@ -356,6 +356,12 @@ pub fn plan_user(
                     reason: format!("JumpCloud user {} ({}) has no first or last name; fix: fill both in JumpCloud", p.username, p.id),
                 };
             }
+            if let Some(other) =
+                same_name.filter(|o| !o.privileged && marks(o.marker.as_ref(), &p.id))
+            {
+                // Ours already (the index came from a DC that did not have it yet).
+                return update_user(p, other, rules, false);
+            }
             if let Some(other) = same_name {
                 if other.privileged {
                     return UserPlan::Refuse {
@@ -447,6 +453,10 @@ fn update_user(p: &JcProfile, ad: &AdUser, rules: &ToAdRules, adopt: bool) -> Us
     }
 }
 
+fn marks(marker: Option<&Marker>, id: &str) -> bool {
+    marker.is_some_and(|m| m.id == id)
+}
+
 fn rdn_eq(a: &str, b: &str) -> bool {
     a.trim().eq_ignore_ascii_case(b.trim())
 }
@@ -504,6 +514,12 @@ pub fn plan_group(
         (Some(g), None) => {
             if let Some(problem) = group_name_problem(&g.name) {
                 return GroupPlan::Refuse { reason: problem };
+            }
+            if let Some(other) =
+                same_name.filter(|o| !o.privileged && marks(o.marker.as_ref(), &g.id))
+            {
+                // Ours already (the index came from a DC that did not have it yet).
+                return update_group(g, members, other, false);
             }
             if let Some(other) = same_name {
                 if other.privileged {
@@ -797,6 +813,34 @@ mod tests {
             plan_user(Some((&p, true)), None, Some(&privileged), &r),
             UserPlan::Refuse { reason } if reason.contains("privileged")
         ));
+    }
+
+    #[test]
+    fn a_same_name_object_carrying_our_own_marker_is_ours_not_a_stranger() {
+        let r = rules();
+        let p = profile("a1", "jdoe", "ACTIVATED");
+        let ours = ad_user_for(&p, &r, UAC_NORMAL_ACCOUNT);
+        assert_eq!(
+            plan_user(Some((&p, true)), None, Some(&ours), &r),
+            UserPlan::Nothing
+        );
+        let g = group("g1", "Sales");
+        let ad = AdGroup {
+            dn: "CN=Sales,OU=FS,DC=a,DC=test".into(),
+            privileged: false,
+            marker: parse_marker("forestsync:jc=g1"),
+            attrs: [
+                ("samaccountname".to_owned(), "Sales".to_owned()),
+                ("description".to_owned(), "d".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            members: vec![],
+        };
+        assert_eq!(
+            plan_group(Some((&g, true)), &[], None, Some(&ad), &r),
+            GroupPlan::Nothing
+        );
     }
 
     fn group(id: &str, name: &str) -> JcGroup {
