@@ -122,7 +122,16 @@ fn install_hook(
     Ok(Hook { path, _lock: lock })
 }
 
-pub async fn run(users: usize, changes: usize, agent_bin: Option<PathBuf>) -> Result<()> {
+/// What both latency benchmarks start from: the lab's variables, the agent binary (checked), and an
+/// admin session on ALPHA's DC1.
+pub struct LabSetup {
+    pub vars: HashMap<String, String>,
+    pub agent_bin: PathBuf,
+    pub admin: DcSession,
+    pub base_dn: String,
+}
+
+pub async fn lab_setup(agent_bin: Option<PathBuf>) -> Result<LabSetup> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let vars = lab_vars(&repo)?;
     let get = |k: &str| vars.get(k).cloned().with_context(|| format!("{k} not set"));
@@ -137,7 +146,7 @@ pub async fn run(users: usize, changes: usize, agent_bin: Option<PathBuf>) -> Re
         );
     }
     let ca = PathBuf::from(get("LAB_CA_FILE")?);
-    let base = get("LAB_ALPHA_BASE_DN")?;
+    let base_dn = get("LAB_ALPHA_BASE_DN")?;
     let tls = trust::client_config(Some(&ca))?;
     let timeouts = Timeouts {
         connect: Duration::from_secs(5),
@@ -155,6 +164,21 @@ pub async fn run(users: usize, changes: usize, agent_bin: Option<PathBuf>) -> Re
             &Secret::new(get("LAB_ADMIN_PASSWORD")?),
         )
         .await?;
+    Ok(LabSetup {
+        vars,
+        agent_bin,
+        admin,
+        base_dn,
+    })
+}
+
+pub async fn run(users: usize, changes: usize, agent_bin: Option<PathBuf>) -> Result<()> {
+    let LabSetup {
+        vars,
+        agent_bin,
+        mut admin,
+        base_dn: base,
+    } = lab_setup(agent_bin).await?;
 
     let tag = format!("lat{:x}", std::process::id());
     let ou = format!("OU={tag},OU=ADI,{base}");

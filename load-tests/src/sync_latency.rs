@@ -7,12 +7,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use forestsync_actors::directory::{DcEndpoint, DcSession, Timeouts};
-use forestsync_actors::secret::Secret;
-use forestsync_actors::trust;
+use forestsync_actors::directory::DcSession;
 use serde_json::{json, Value};
 
-use crate::latency::{attr, figures, lab_vars, KillOnDrop};
+use crate::latency::{attr, figures, lab_setup, KillOnDrop, LabSetup};
 
 const KEY: &str = "sync-latency-key";
 
@@ -69,38 +67,12 @@ async fn marker(admin: &mut DcSession, dn: &str) -> Result<Option<String>> {
 }
 
 pub async fn run(users: usize, changes: usize, agent_bin: Option<PathBuf>) -> Result<()> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let vars = lab_vars(&repo)?;
-    let get = |k: &str| vars.get(k).cloned().with_context(|| format!("{k} not set"));
-    let agent_bin = match agent_bin {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("forestsync"),
-    };
-    if !agent_bin.exists() {
-        bail!(
-            "{} not found; build it (cargo build --release -p forestsync) or pass --agent",
-            agent_bin.display()
-        );
-    }
-    let ca = PathBuf::from(get("LAB_CA_FILE")?);
-    let base = get("LAB_ALPHA_BASE_DN")?;
-    let tls = trust::client_config(Some(&ca))?;
-    let timeouts = Timeouts {
-        connect: Duration::from_secs(5),
-        operation: Duration::from_secs(60),
-    };
-    let mut admin = DcSession::connect(
-        &DcEndpoint::parse(&get("LAB_ALPHA_DC1_URL")?)?,
-        tls,
-        timeouts,
-    )
-    .await?;
-    admin
-        .bind(
-            &get("LAB_ADMIN_DN_ALPHA")?,
-            &Secret::new(get("LAB_ADMIN_PASSWORD")?),
-        )
-        .await?;
+    let LabSetup {
+        vars,
+        agent_bin,
+        mut admin,
+        base_dn: base,
+    } = lab_setup(agent_bin).await?;
     let tag = format!("sl{:x}", std::process::id());
     let ou = format!("OU={tag},OU=ForestSync,{base}");
     admin

@@ -34,7 +34,7 @@ use crate::channel::{
 };
 use crate::cloud::{AssocTarget, JcGroup, JcProfile};
 use crate::dc::{AttrChange, DirReply, DirRequest};
-use crate::directory::entry::{AdEntry, FindScope};
+use crate::directory::entry::{quoted_utf16, AdEntry, FindScope};
 use crate::directory::failover::DomainDirectory;
 use crate::directory::DirectoryError;
 use crate::disposition::{Classified, Disposition};
@@ -1028,7 +1028,7 @@ impl ToAdEngine {
                 "userAccountControl".into(),
                 vec![uac.to_string().into_bytes()],
             ),
-            ("unicodePwd".into(), vec![quoted_utf16(&initial)]),
+            ("unicodePwd".into(), vec![quoted_utf16(&initial).to_vec()]),
         ];
         all.extend(
             attrs
@@ -1055,10 +1055,7 @@ impl ToAdEngine {
                     )
                     .await?;
                 match found.first() {
-                    Some(existing)
-                        if marker_of(existing).is_some_and(|m| m.id == id)
-                            && existing.has_class("user")
-                            && !existing.is_privileged() =>
+                    Some(existing) if is_ours(existing, id, "user") =>
                     {
                         // Ours (its password came with the add that made it): bring it in line.
                         let mut mods: Vec<AttrChange> = attrs
@@ -1313,10 +1310,7 @@ impl ToAdEngine {
                     )
                     .await?;
                 match found.first() {
-                    Some(existing)
-                        if marker_of(existing).is_some_and(|m| m.id == id)
-                            && existing.has_class("group")
-                            && !existing.is_privileged() =>
+                    Some(existing) if is_ours(existing, id, "group") =>
                     {
                         let want: BTreeSet<String> =
                             members.iter().map(|m| m.to_lowercase()).collect();
@@ -1777,17 +1771,10 @@ fn marker_of(e: &AdEntry) -> Option<crate::plan::to_ad::Marker> {
     e.first(MARKER_ATTRIBUTE).and_then(parse_marker)
 }
 
-/// `unicodePwd`'s value: the password in double quotes, UTF-16LE.
-fn quoted_utf16(password: &Secret) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(2 * password.expose().len() + 4);
-    for unit in "\""
-        .encode_utf16()
-        .chain(password.expose().encode_utf16())
-        .chain("\"".encode_utf16())
-    {
-        bytes.extend_from_slice(&unit.to_le_bytes());
-    }
-    bytes
+/// An existing AD object forestsync may treat as its own for JumpCloud object `id`: it carries our
+/// marker for `id`, is of `class` and is not privileged.
+fn is_ours(e: &AdEntry, id: &str, class: &str) -> bool {
+    marker_of(e).is_some_and(|m| m.id == id) && e.has_class(class) && !e.is_privileged()
 }
 
 fn to_user(e: &AdEntry) -> AdUser {

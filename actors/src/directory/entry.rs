@@ -213,7 +213,7 @@ pub fn policy_hints_control(oid: &str) -> RawControl {
 }
 
 /// `unicodePwd`'s value: the password in double quotes, UTF-16LE.
-fn quoted_utf16(password: &Secret) -> zeroize::Zeroizing<Vec<u8>> {
+pub fn quoted_utf16(password: &Secret) -> zeroize::Zeroizing<Vec<u8>> {
     let mut bytes = Vec::with_capacity(2 * password.expose().len() + 4);
     for unit in "\""
         .encode_utf16()
