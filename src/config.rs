@@ -110,6 +110,34 @@ struct FileShape {
     safety: SafetyShape,
     #[serde(default)]
     passwords: PasswordsShape,
+    two_way: Option<TwoWayShape>,
+}
+
+/// `[two_way]`: authority rules of mode `two-way`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TwoWayShape {
+    password_authority: Option<String>,
+    non_owner_changes: Option<String>,
+}
+
+/// Mode two-way's rules (`[two_way]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwoWayConfig {
+    /// Whose password a user's is when its JumpCloud attribute `forestsync_password_authority`
+    /// does not say: `ad` (default) or `jumpcloud`.
+    pub password_authority: forestsync_actors::two_way::Side,
+    /// A change on the side that does not own it: `revert` (default) or `ignore`; recorded either way.
+    pub non_owner_changes: forestsync_actors::two_way::NonOwnerChange,
+}
+
+impl Default for TwoWayConfig {
+    fn default() -> Self {
+        TwoWayConfig {
+            password_authority: forestsync_actors::two_way::Side::Ad,
+            non_owner_changes: forestsync_actors::two_way::NonOwnerChange::Revert,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -263,6 +291,8 @@ pub struct Config {
     pub domains: Vec<DomainConfig>,
     pub safety: SafetyConfig,
     pub passwords: PasswordsConfig,
+    /// `[two_way]` (defaults when absent; only read in mode two-way).
+    pub two_way: TwoWayConfig,
 }
 
 #[derive(Debug)]
@@ -613,6 +643,26 @@ impl Config {
             .passwords
             .resolve(&state_dir, &relative, &mut problems);
 
+        let mut two_way = TwoWayConfig::default();
+        if let Some(t) = &shape.two_way {
+            if shape.mode != Mode::TwoWay {
+                problems.push(format!("[two_way] is only read in mode two-way (this file says {}); fix: remove the section or change mode", shape.mode));
+            }
+            if let Some(v) = &t.password_authority {
+                match forestsync_actors::two_way::Side::parse(v) {
+                    Some(side) => two_way.password_authority = side,
+                    None => problems.push(format!("two_way.password_authority {v:?} is not a side; fix: \"ad\" or \"jumpcloud\"")),
+                }
+            }
+            if let Some(v) = &t.non_owner_changes {
+                match v.as_str() {
+                    "revert" => two_way.non_owner_changes = forestsync_actors::two_way::NonOwnerChange::Revert,
+                    "ignore" => two_way.non_owner_changes = forestsync_actors::two_way::NonOwnerChange::Ignore,
+                    _ => problems.push(format!("two_way.non_owner_changes {v:?} is not known; fix: \"revert\" (write the owner's value back) or \"ignore\" (leave it, record it)")),
+                }
+            }
+        }
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.into(),
@@ -636,6 +686,7 @@ impl Config {
             domains,
             safety,
             passwords,
+            two_way,
         })
     }
 }

@@ -6,5 +6,6 @@ pub mod check;
 pub mod config;
 pub mod dry_run;
 pub mod register;
+pub mod status;
 pub mod telemetry;
 pub mod wiring;

@@ -32,7 +32,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the running agent's state: domains, DCs in use, watermarks, queued operations.
+    /// Show what the agent recorded per domain: two-way conflicts and changes on the non-owning side,
+    /// objects and passwords AD refused (run it while the agent is stopped).
     Status(ConfigArg),
     /// Encrypt the secrets in a config file in place.
     Seal(ConfigArg),
@@ -68,7 +69,8 @@ fn main() -> ExitCode {
         Command::Check(arg) => runtime.block_on(check_command(arg)),
         Command::Run(arg) => run_command(arg),
         Command::Plan { config, json } => runtime.block_on(plan_command(config, json)),
-        Command::Status(_) | Command::Seal(_) => not_yet("issue #6"),
+        Command::Status(arg) => status_command(arg),
+        Command::Seal(_) => not_yet("issue #6"),
         Command::CapturePassword(args) => capture::run(args, &runtime),
         Command::Register(args) => register::run(args, &runtime),
     }
@@ -100,6 +102,19 @@ fn load(arg: &ConfigArg) -> Option<config::Config> {
         Err(e) => {
             eprintln!("forestsync: {e}");
             None
+        }
+    }
+}
+
+fn status_command(arg: ConfigArg) -> ExitCode {
+    let Some(config) = load(&arg) else {
+        return ExitCode::from(1);
+    };
+    match forestsync::status::report(&config, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("forestsync: {e}");
+            ExitCode::from(1)
         }
     }
 }

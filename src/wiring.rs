@@ -11,7 +11,7 @@ use forestsync_actors::coordinator::import::{
     Captured, DomainSettings, ImportCoordinator, ImportEngine, ImportSettings,
 };
 use forestsync_actors::coordinator::sync::SyncCoordinator;
-use forestsync_actors::coordinator::to_ad::{ToAdDomain, ToAdSettings};
+use forestsync_actors::coordinator::to_ad::{ToAdDomain, ToAdSettings, Touched};
 use forestsync_actors::dc::DcActor;
 use forestsync_actors::directory::failover::DomainDirectory;
 use forestsync_actors::directory::read::ReadSpec;
@@ -25,6 +25,8 @@ use forestsync_actors::plan::{Collision, Existing, MappingRules, UsernameFrom};
 use forestsync_actors::sealed::SealKey;
 use forestsync_actors::store::Store;
 use forestsync_actors::trust;
+use forestsync_actors::two_way::{TwoWay, TwoWaySettings};
+use std::collections::BTreeMap;
 
 use crate::config::{
     AdRemovalAction, Config, DomainConfig, LeaveScopeAction, Mode, ToAdConfig, UsernameCollision,
@@ -74,11 +76,17 @@ pub fn import_settings(config: &Config) -> ImportSettings {
                     UsernameCollision::ReportAndSkip => Collision::ReportAndSkip,
                     UsernameCollision::TakeOver => Collision::TakeOver,
                 },
+                target_ou: d
+                    .to_ad
+                    .as_ref()
+                    .filter(|_| config.mode == Mode::TwoWay)
+                    .map(|t| t.target_ou.clone()),
             })
             .collect(),
         max_removals: config.safety.max_removals,
         max_removal_percent: config.safety.max_removal_percent,
         approve_file: Some(config.state_dir.join("approve-removals")),
+        two_way: config.mode == Mode::TwoWay,
     }
 }
 
@@ -122,6 +130,14 @@ pub fn executor_config(config: &Config) -> ExecutorConfig {
     };
     ExecutorConfig {
         rate,
+        // Two-way: what the AD → JumpCloud direction creates is bound to the domain's AD instance
+        // (so JumpCloud's password changes of AD-owned users reach this agent).
+        ad_instances: config
+            .domains
+            .iter()
+            .filter(|_| config.mode == Mode::TwoWay)
+            .filter_map(|d| Some((d.name.clone(), d.to_ad.as_ref()?.ad_instance_id.clone())))
+            .collect(),
         ..ExecutorConfig::default()
     }
 }
@@ -223,6 +239,18 @@ async fn start_jumpcloud_authoritative(config: &Config) -> Result<(), WiringErro
         store.clone(),
         executor_config(config),
     );
+    start_to_ad(config, store, executor, None, BTreeMap::new())
+}
+
+/// Starts the JumpCloud → AD side: DC actors per domain and the sync coordinator (one engine per
+/// domain). Two-way passes its shared rules and the AD reader's change notices.
+fn start_to_ad(
+    config: &Config,
+    store: Store,
+    executor: Executor,
+    two_way: Option<Arc<TwoWay>>,
+    mut touched: BTreeMap<String, Touched>,
+) -> Result<(), WiringError> {
     let base = channel_base(config)?;
     let tls =
         trust::client_config(config.jumpcloud.ca_file.as_deref()).map_err(setup("JumpCloud CA"))?;
@@ -245,12 +273,14 @@ async fn start_jumpcloud_authoritative(config: &Config) -> Result<(), WiringErro
             rules: to_ad_rules(d, t),
             directory: DomainDirectory::new(d.name.clone(), dcs, DIRECTORY_REQUEST_TIMEOUT),
             channel: Arc::new(channel),
+            touched: touched.remove(&d.name),
         });
     }
     let settings = ToAdSettings {
         max_removals: config.safety.max_removals,
         max_removal_percent: config.safety.max_removal_percent,
         approve_file: Some(config.state_dir.join("approve-removals")),
+        two_way,
         ..ToAdSettings::default()
     };
     Supervisor::start(move |_| {
@@ -273,7 +303,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
     match config.mode {
         Mode::AdAuthoritative => {}
         Mode::JumpcloudAuthoritative => return start_jumpcloud_authoritative(config).await,
-        Mode::TwoWay => return Err(WiringError::ModeNotImplemented(config.mode)),
+        Mode::TwoWay => return start_two_way(config).await,
     }
     let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
     let executor = Executor::new(
@@ -281,6 +311,51 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
         store.clone(),
         executor_config(config),
     );
+    start_import(config, store, executor, BTreeMap::new()).await
+}
+
+/// Starts mode two-way: both directions on one store and one rate-limited executor, sharing the
+/// authority rules and the echo ledger; the AD reader tells the JumpCloud → AD engines which
+/// JumpCloud-owned objects changed in AD.
+async fn start_two_way(config: &Config) -> Result<(), WiringError> {
+    let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
+    let two_way = TwoWay::new(
+        TwoWaySettings {
+            default_password_authority: config.two_way.password_authority,
+            non_owner_change: config.two_way.non_owner_changes,
+        },
+        store.clone(),
+    );
+    let mut exec_config = executor_config(config);
+    exec_config.two_way = Some(two_way.clone());
+    let executor = Executor::new(cloud_client(config)?, store.clone(), exec_config);
+    let (mut senders, mut receivers) = (BTreeMap::new(), BTreeMap::new());
+    for d in &config.domains {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        senders.insert(d.name.clone(), tx);
+        receivers.insert(
+            d.name.clone(),
+            Arc::new(tokio::sync::Mutex::new(rx)) as Touched,
+        );
+    }
+    start_to_ad(
+        config,
+        store.clone(),
+        executor.clone(),
+        Some(two_way),
+        receivers,
+    )?;
+    start_import(config, store, executor, senders).await
+}
+
+/// Starts the AD → JumpCloud side: the import coordinator, the API actor, the password inbox and one
+/// domain actor per domain (with its DC actors).
+async fn start_import(
+    config: &Config,
+    store: Store,
+    executor: Executor,
+    touched: BTreeMap<String, tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Result<(), WiringError> {
     let existing: Vec<Existing> = executor
         .list_users()
         .await
@@ -313,7 +388,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
         let report_to = ctx.address().recipient();
         let api =
             Supervisor::start(move |_| ApiActor::new(executor.clone(), Some(report_to.clone())));
-        ImportCoordinator::new(engine, api, pending, ack_tx)
+        ImportCoordinator::new(engine, api, pending, ack_tx).with_touched(touched.clone())
     });
     let captured_to = coordinator.clone();
     actix::spawn(async move {

@@ -9,7 +9,6 @@ use tokio::sync::watch;
 
 use crate::disposition::{Classified, Disposition};
 use crate::executor::{DrainReport, Executor};
-use crate::model::Anchor;
 use crate::secret::Secret;
 
 /// New operations were committed: drain the outbox.
@@ -21,7 +20,7 @@ pub struct Kick;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetPassword {
-    pub anchor: Anchor,
+    pub target: crate::executor::PasswordTarget,
     pub password: Secret,
     pub on_done: Option<tokio::sync::oneshot::Sender<bool>>,
 }
@@ -69,9 +68,11 @@ impl ApiActor {
             // Passwords after the drain: a new user's create has run by now.
             let mut retry_later = Vec::new();
             for job in passwords {
-                match executor.set_password(&job.anchor, &job.password).await {
-                    Ok(()) => {
-                        tracing::info!(anchor = %job.anchor, "password set in JumpCloud");
+                match executor.forward_password(&job.target, &job.password).await {
+                    Ok(sent) => {
+                        if sent == crate::executor::PasswordSent::Set {
+                            tracing::info!(target = %job.target, "password set in JumpCloud");
+                        }
                         if let Some(tx) = job.on_done {
                             let _ = tx.send(true);
                         }
@@ -80,11 +81,11 @@ impl ApiActor {
                         if e.disposition() == Disposition::Retry
                             || matches!(e, crate::executor::ExecError::MissingLink { .. }) =>
                     {
-                        tracing::warn!(anchor = %job.anchor, error = %e, "password not set yet; will retry");
+                        tracing::warn!(target = %job.target, error = %e, "password not set yet; will retry");
                         retry_later.push(job);
                     }
                     Err(e) => {
-                        tracing::error!(anchor = %job.anchor, error = %e, "password not set in JumpCloud");
+                        tracing::error!(target = %job.target, error = %e, "password not set in JumpCloud");
                         if let Some(tx) = job.on_done {
                             let _ = tx.send(false);
                         }

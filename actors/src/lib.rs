@@ -29,3 +29,4 @@ pub mod sealed;
 pub mod secret;
 pub mod store;
 pub mod trust;
+pub mod two_way;

@@ -123,6 +123,7 @@ impl Env {
                 },
                 ad_instance_id,
                 batch: 7,
+                ..ExecutorConfig::default()
             },
         )
     }

@@ -19,3 +19,4 @@ mod support;
 mod sync_disruptive;
 mod sync_guard;
 mod sync_mode;
+mod two_way;

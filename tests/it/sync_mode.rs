@@ -630,7 +630,7 @@ async fn users_follow_jumpcloud_create_update_suspend_activate_unbind_delete() {
 // ---- groups, large groups, passwords, privileged accounts, restarts ----
 
 /// Polls `check` until it returns `Some`, or fails after `within` with the agent log.
-async fn eventually<T, Fut>(
+pub(crate) async fn eventually<T, Fut>(
     agent: &Agent,
     within: Duration,
     what: &str,
@@ -661,7 +661,7 @@ fn short_tag(prefix: &str) -> String {
 }
 
 /// A simple bind on ALPHA DC1 as `dn` with `password`.
-async fn try_bind(lab: &Lab, dn: &str, password: &str) -> Result<(), String> {
+pub(crate) async fn try_bind(lab: &Lab, dn: &str, password: &str) -> Result<(), String> {
     let tls = trust::client_config(Some(&lab.ca_file)).expect("lab CA loads");
     let endpoint = DcEndpoint::parse(&lab.alpha.dc_urls[0]).expect("lab URL parses");
     let mut s = DcSession::connect(&endpoint, tls, support::TIMEOUTS)

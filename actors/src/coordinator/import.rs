@@ -11,6 +11,7 @@ use actix::prelude::*;
 
 use crate::api::{ApiActor, Drained, Kick, SetPassword};
 use crate::domain::DomainBatch;
+use crate::executor::PasswordTarget;
 use crate::model::{
     Anchor, DcUsn, DirChange, DomainSnapshot, Link, ObjectKind, RemoveAction, Watermark,
 };
@@ -27,6 +28,9 @@ pub struct DomainSettings {
     pub rules: MappingRules,
     pub leave_action: RemoveAction,
     pub collision: Collision,
+    /// Two-way: the target OU, where the objects forestsync manages for JumpCloud live (marked
+    /// objects elsewhere belong to no one here).
+    pub target_ou: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -36,6 +40,9 @@ pub struct ImportSettings {
     pub max_removal_percent: u32,
     /// A file an operator writes a number into to approve that many removals once (mass-removal guard).
     pub approve_file: Option<PathBuf>,
+    /// Two-way mode: passwords captured for JumpCloud-owned users (created from JumpCloud, marked)
+    /// go to their JumpCloud user too (the password authority decides in the executor).
+    pub two_way: bool,
 }
 
 impl ImportSettings {
@@ -287,7 +294,20 @@ impl ImportEngine {
         }
         self.watermarks.insert(domain.into(), Some(new_wm));
         for op in &plan.ops {
-            tracing::info!(object = %op.subject(), "queued {}", op.kind());
+            match op {
+                crate::model::Op::UpdateUser { user } => {
+                    let fields: Vec<&str> = match self
+                        .expected
+                        .get(&user.anchor)
+                        .and_then(|l| l.applied_user.as_ref())
+                    {
+                        Some(old) => changed_fields(old, user),
+                        None => vec!["all"],
+                    };
+                    tracing::info!(object = %op.subject(), fields = ?fields, "queued {}", op.kind());
+                }
+                _ => tracing::info!(object = %op.subject(), "queued {}", op.kind()),
+            }
             expect(&mut self.expected, op);
         }
         if plan.guard.is_none()
@@ -334,7 +354,35 @@ impl ImportEngine {
     }
 
     /// The user (anchor and current pwdLastSet) a captured password belongs to, when in scope and linked.
-    pub fn password_target(&self, domain: &str, account: &str) -> Option<(Anchor, i64)> {
+    /// The JumpCloud ids of JumpCloud-owned objects (marked, in the domain's target OU) among
+    /// `changes` of `domain`.
+    pub fn jumpcloud_owned_changes(&self, domain: &str, changes: &[DirChange]) -> Vec<String> {
+        let Some(snap) = self.snapshots.get(domain) else {
+            return Vec::new();
+        };
+        let Some(ou) = self
+            .settings
+            .domains
+            .iter()
+            .find(|d| d.name == domain)
+            .and_then(|d| d.target_ou.as_deref())
+            .map(|ou| format!(",{}", ou.to_lowercase()))
+        else {
+            return Vec::new();
+        };
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                DirChange::Upsert(raw) => snap
+                    .get(&raw.guid)
+                    .filter(|o| o.dn.to_lowercase().ends_with(&ou))
+                    .and_then(|o| o.jumpcloud_id()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn password_target(&self, domain: &str, account: &str) -> Option<(PasswordTarget, i64)> {
         let snap = self.snapshots.get(domain)?;
         let user = snap.objects().find(|o| {
             o.kind == ObjectKind::User
@@ -345,10 +393,52 @@ impl ImportEngine {
             domain: domain.into(),
             guid: user.guid,
         };
-        self.expected
-            .contains_key(&anchor)
-            .then(|| (anchor, user.pwd_last_set().unwrap_or(0)))
+        let pwd_last_set = user.pwd_last_set().unwrap_or(0);
+        if self.expected.contains_key(&anchor) {
+            return Some((PasswordTarget::Linked(anchor), pwd_last_set));
+        }
+        let id = user.jumpcloud_id().filter(|_| self.settings.two_way)?;
+        Some((
+            PasswordTarget::JumpCloud {
+                domain: domain.into(),
+                id,
+            },
+            pwd_last_set,
+        ))
     }
+}
+
+/// The names of the fields an update changes (for the log; never their values).
+fn changed_fields<'a>(
+    old: &'a crate::model::DesiredUser,
+    new: &'a crate::model::DesiredUser,
+) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    for (name, a, b) in [
+        ("username", &old.username, &new.username),
+        ("email", &old.email, &new.email),
+        ("firstname", &old.firstname, &new.firstname),
+        ("lastname", &old.lastname, &new.lastname),
+        ("external_dn", &old.external_dn, &new.external_dn),
+    ] {
+        if a != b {
+            out.push(name);
+        }
+    }
+    if old.suspended != new.suspended {
+        out.push("suspended");
+    }
+    for (k, v) in &new.extra {
+        if old.extra.get(k) != Some(v) {
+            out.push(k.as_str());
+        }
+    }
+    for k in old.extra.keys() {
+        if !new.extra.contains_key(k) {
+            out.push(k.as_str());
+        }
+    }
+    out
 }
 
 fn pwd_changed_users(changes: &[DirChange]) -> impl Iterator<Item = crate::model::ObjectGuid> + '_ {
@@ -375,6 +465,9 @@ pub struct ImportCoordinator {
     pending: PendingPasswords,
     /// Tells the inbox task to delete a spooled capture (delivered or dropped).
     ack: tokio::sync::mpsc::Sender<String>,
+    /// Two-way: per domain, where to tell the JumpCloud → AD engine that objects it manages changed
+    /// in AD.
+    touched: BTreeMap<String, tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl ImportCoordinator {
@@ -389,7 +482,17 @@ impl ImportCoordinator {
             api,
             pending,
             ack,
+            touched: BTreeMap::new(),
         }
+    }
+
+    /// Two-way: report changes of JumpCloud-owned AD objects to each domain's JumpCloud → AD engine.
+    pub fn with_touched(
+        mut self,
+        touched: BTreeMap<String, tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Self {
+        self.touched = touched;
+        self
     }
 
     pub fn engine(&self) -> &ImportEngine {
@@ -397,12 +500,12 @@ impl ImportCoordinator {
     }
 
     /// Sends a committed password to JumpCloud; the spooled copy is deleted once JumpCloud has it.
-    fn forward(&self, anchor: Anchor, captured: CapturedPassword) {
+    fn forward(&self, target: PasswordTarget, captured: CapturedPassword) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = captured.id.clone();
         let ack = self.ack.clone();
         self.api.do_send(SetPassword {
-            anchor,
+            target,
             password: captured.password,
             on_done: Some(tx),
         });
@@ -460,13 +563,21 @@ impl Handler<DomainBatch> for ImportCoordinator {
         if outcome.ops > 0 {
             self.api.do_send(Kick);
         }
+        if let Some(tx) = self.touched.get(&batch.domain) {
+            for id in self
+                .engine
+                .jumpcloud_owned_changes(&batch.domain, &batch.changes)
+            {
+                let _ = tx.send(id);
+            }
+        }
         for (account, value) in outcome.pwd_changes {
             if let Some(captured) =
                 self.pending
                     .observe_pwd_last_set(&batch.domain, &account, value, SystemTime::now())
             {
-                if let Some((anchor, _)) = self.engine.password_target(&batch.domain, &account) {
-                    self.forward(anchor, captured);
+                if let Some((target, _)) = self.engine.password_target(&batch.domain, &account) {
+                    self.forward(target, captured);
                 }
             }
         }
@@ -482,7 +593,7 @@ impl Handler<Captured> for ImportCoordinator {
             .engine
             .password_target(&captured.domain, &captured.account)
         {
-            Some((anchor, pwd_last_set)) => {
+            Some((target, pwd_last_set)) => {
                 let (domain, account) = (captured.domain.clone(), captured.account.clone());
                 tracing::debug!(domain = %domain, account = %account, "password captured; waiting for AD to commit it");
                 if let Some(loser) = self
@@ -498,7 +609,7 @@ impl Handler<Captured> for ImportCoordinator {
                     pwd_last_set,
                     SystemTime::now(),
                 ) {
-                    self.forward(anchor, confirmed);
+                    self.forward(target, confirmed);
                 }
             }
             None => {

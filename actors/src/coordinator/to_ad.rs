@@ -47,6 +47,9 @@ use crate::plan::to_ad::{
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
 
+mod both_ways;
+use both_ways::Polled;
+
 /// Values per LDAP modify when membership changes (never one huge replace).
 pub const MEMBER_CHUNK: usize = 500;
 
@@ -59,7 +62,12 @@ pub struct ToAdDomain {
     pub rules: ToAdRules,
     pub directory: DomainDirectory,
     pub channel: Arc<dyn AgentChannel>,
+    /// Two-way: JumpCloud ids of managed AD objects the AD reader saw change (ours or an admin's).
+    pub touched: Option<Touched>,
 }
+
+/// The receiving end of the AD reader's "these managed objects changed in AD" notices.
+pub type Touched = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>>;
 
 /// Pacing and safety shared by every domain.
 #[derive(Clone, Debug)]
@@ -72,6 +80,8 @@ pub struct ToAdSettings {
     pub poll_wait: Duration,
     /// How often a standby agent asks whether it became primary.
     pub standby_every: Duration,
+    /// Two-way mode: authority rules, echo ledger, records.
+    pub two_way: Option<Arc<crate::two_way::TwoWay>>,
 }
 
 impl Default for ToAdSettings {
@@ -82,6 +92,7 @@ impl Default for ToAdSettings {
             approve_file: None,
             poll_wait: Duration::from_secs(20),
             standby_every: Duration::from_secs(1),
+            two_way: None,
         }
     }
 }
@@ -131,6 +142,8 @@ pub struct ToAdStats {
     pub passwords_rejected: u64,
     pub refused: u64,
     pub held_removals: u64,
+    /// Two-way: JumpCloud-side changes of AD-owned users written back.
+    pub reverted: u64,
 }
 
 /// What is known about users' binding to the AD instance.
@@ -207,6 +220,11 @@ pub struct ToAdEngine {
     /// The DC the last step used: a change (fail-over, fail-back) means the index came from another
     /// DC's view, so the engine reconciles.
     last_dc: String,
+    /// Two-way: AD DNs of AD-owned users by JumpCloud id (group members JumpCloud adds to its groups).
+    pub(super) ad_owned_dns: HashMap<String, String>,
+    /// Two-way: AD-owned users whose JumpCloud side changed while forestsync itself was writing them;
+    /// checked again at the next step.
+    pub(super) recheck: BTreeSet<String>,
 }
 
 impl ToAdEngine {
@@ -237,10 +255,12 @@ impl ToAdEngine {
             in_doubt: BTreeSet::new(),
             in_doubt_groups: BTreeSet::new(),
             last_dc: String::new(),
+            ad_owned_dns: HashMap::new(),
+            recheck: BTreeSet::new(),
         })
     }
 
-    fn dir_err(&self, source: DirectoryError) -> ToAdError {
+    pub(super) fn dir_err(&self, source: DirectoryError) -> ToAdError {
         ToAdError::Directory {
             domain: self.d.name.clone(),
             source: Box::new(source),
@@ -258,7 +278,10 @@ impl ToAdEngine {
             // Held removals: look for an approval every 2 s instead of waiting a whole long poll.
             // Held removals or objects in doubt: look again every second or two instead of
             // waiting a whole long poll (an approval, or the DC holding them coming back).
-            let wait = match (self.reconciled, self.held || !self.in_doubt.is_empty()) {
+            let wait = match (
+                self.reconciled,
+                self.held || !self.in_doubt.is_empty() || !self.recheck.is_empty(),
+            ) {
                 (false, _) => Duration::ZERO,
                 (true, true) => self.settings.poll_wait.min(Duration::from_secs(2)),
                 (true, false) => self.settings.poll_wait,
@@ -291,7 +314,16 @@ impl ToAdEngine {
     /// One poll and what follows it.
     pub async fn step(&mut self, wait: Duration) -> Result<(), ToAdError> {
         self.flush_reports().await;
-        let page = self.d.channel.poll(self.cursor, wait).await?;
+        let page = match self.poll_or_touched(wait).await? {
+            Polled::Page(p) => p,
+            Polled::Touched(ids) => {
+                self.ad_side_changed(ids).await?;
+                // What an empty page would have done (AD changes may keep coming faster than a
+                // long poll lasts).
+                self.retry_in_doubt().await?;
+                return self.recheck_ad_owned().await;
+            }
+        };
         if page.role == Role::Standby {
             if self.reconciled {
                 tracing::info!(domain = %self.d.name, primary = ?page.primary_agent, "this agent is standby now");
@@ -332,6 +364,7 @@ impl ToAdEngine {
             );
         }
         self.retry_in_doubt().await?;
+        self.recheck_ad_owned().await?;
         if page.events.is_empty() {
             // Nothing new: still no acknowledgement while objects are in doubt.
             return self.check_in_doubt();
@@ -438,7 +471,7 @@ impl ToAdEngine {
 
     // ---- reading AD ----
 
-    async fn find(
+    pub(super) async fn find(
         &self,
         base: &str,
         scope: FindScope,
@@ -482,7 +515,7 @@ impl ToAdEngine {
         }
     }
 
-    async fn write(&mut self, req: DirRequest) -> Result<(), DirectoryError> {
+    pub(super) async fn write(&mut self, req: DirRequest) -> Result<(), DirectoryError> {
         self.d.directory.run(req).await.map(|_| {
             self.stats.writes += 1;
         })
@@ -611,7 +644,7 @@ impl ToAdEngine {
     }
 
     /// The profiles of `ids` that exist (100 per request); a deleted user is simply absent.
-    async fn jc_profiles(&self, ids: &[String]) -> Result<Vec<JcProfile>, ToAdError> {
+    pub(super) async fn jc_profiles(&self, ids: &[String]) -> Result<Vec<JcProfile>, ToAdError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(crate::cloud::PAGE_LIMIT) {
             let ids = chunk.to_vec();
@@ -702,7 +735,11 @@ impl ToAdEngine {
             })
             .await?;
         // Users: bound ones and managed ones.
-        let bound: BTreeSet<String> = user_ids.into_iter().collect();
+        let mut bound: BTreeSet<String> = user_ids.into_iter().collect();
+        let group_ids: BTreeSet<String> = group_ids.into_iter().collect();
+        for id in self.bind_linked(&bound, &group_ids).await? {
+            bound.insert(id);
+        }
         let mut ids = bound.clone();
         ids.extend(self.users.keys().cloned());
         self.refresh_users(&ids, Bound::Complete(&bound)).await?;
@@ -737,6 +774,7 @@ impl ToAdEngine {
             };
             jc.insert(p.id.clone(), (p, is_bound));
         }
+        let migrating = self.split_ad_owned(&mut jc).await?;
         let new_names: Vec<String> = jc
             .values()
             .filter(|(p, b)| *b && !self.users.contains_key(&p.id))
@@ -760,7 +798,27 @@ impl ToAdEngine {
                     self.users.insert(id.clone(), u);
                 }
             }
-            let plan = plan_user(j, self.users.get(id), same_name.as_ref(), &self.d.rules);
+            // Migration (two-way → jumpcloud-authoritative): the AD user this JumpCloud user was
+            // imported from (its back-link names that objectGUID) is taken over, never duplicated.
+            let takes_over = match (
+                migrating.get(id),
+                same.get(
+                    &j.map(|(p, _)| p.username.to_lowercase())
+                        .unwrap_or_default(),
+                ),
+            ) {
+                (Some(guid), Some(e)) => e.guid.as_ref() == Some(guid),
+                _ => false,
+            };
+            let plan = if takes_over && same_name.is_some() && !self.d.rules.adopt_existing {
+                let rules = ToAdRules {
+                    adopt_existing: true,
+                    ..self.d.rules.clone()
+                };
+                plan_user(j, self.users.get(id), same_name.as_ref(), &rules)
+            } else {
+                plan_user(j, self.users.get(id), same_name.as_ref(), &self.d.rules)
+            };
             plans.push((id.clone(), plan));
         }
         let removals = plans.iter().filter(|(_, p)| p.is_removal()).count();
@@ -888,7 +946,7 @@ impl ToAdEngine {
         }
     }
 
-    async fn refuse(&mut self, id: &str, kind: ReportKind, reason: String) {
+    pub(super) async fn refuse(&mut self, id: &str, kind: ReportKind, reason: String) {
         self.stats.refused += 1;
         let key = error_key(&self.d.name, id);
         let known = self.store.get_meta(&key).ok().flatten();
@@ -931,7 +989,7 @@ impl ToAdEngine {
         }
     }
 
-    async fn apply_user(&mut self, id: &str, plan: UserPlan) -> Result<(), ToAdError> {
+    pub(super) async fn apply_user(&mut self, id: &str, plan: UserPlan) -> Result<(), ToAdError> {
         match plan {
             UserPlan::Nothing => Ok(()),
             UserPlan::Refuse { reason } => {
@@ -943,7 +1001,15 @@ impl ToAdEngine {
                     return Ok(());
                 }
                 self.set_managed(id, Some(&dn)).await?;
-                match self.create_user(id, &dn, &attrs, enable).await {
+                let created = self.create_user(id, &dn, &attrs, enable).await;
+                if let Ok(None) = created {
+                    let writes: Vec<(String, Option<String>)> = attrs
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Some(v.clone())))
+                        .collect();
+                    self.save_base(id, &writes).await?;
+                }
+                match created {
                     Ok(Some(reason)) => {
                         self.refuse(id, ReportKind::User, reason).await;
                         Ok(())
@@ -958,9 +1024,20 @@ impl ToAdEngine {
                 rename_to,
                 adopt,
             } => {
+                let writes = if adopt || writes.is_empty() {
+                    writes
+                } else {
+                    self.owner_writes(id, writes).await?
+                };
+                if writes.is_empty() && uac.is_none() && rename_to.is_none() {
+                    return Ok(());
+                }
                 let r = self
                     .update_user(id, &dn, &writes, uac, rename_to.as_deref(), adopt)
                     .await;
+                if r.is_ok() {
+                    self.save_base(id, &writes).await?;
+                }
                 self.per_object(id, ReportKind::User, r).await
             }
             UserPlan::Remove { dn, action } => {
@@ -1134,7 +1211,8 @@ impl ToAdEngine {
             })
             .await?;
         }
-        tracing::info!(domain = %self.d.name, object = id, dn = %dn, adopted = adopt, renamed = rename_to.is_some(), "updated AD user");
+        let attributes: Vec<&str> = writes.iter().map(|(k, _)| k.as_str()).collect();
+        tracing::info!(domain = %self.d.name, object = id, dn = %dn, adopted = adopt, renamed = rename_to.is_some(), enabled = ?uac.map(|u| u & UAC_ACCOUNTDISABLE == 0), attributes = ?attributes, "updated AD user");
         let entry = self.users.entry(id.to_owned()).or_default();
         entry.dn = dn;
         if let Some(u) = uac {
@@ -1152,17 +1230,26 @@ impl ToAdEngine {
         Ok(())
     }
 
-    async fn plan_group_now(
+    pub(super) async fn plan_group_now(
         &mut self,
         gid: &str,
         cache: &mut GroupCache,
     ) -> Result<(String, GroupPlan), ToAdError> {
         let jc = self.jc_group_cached(cache, gid).await?;
+        // Two-way: a group imported from AD is the AD → JumpCloud direction's.
+        if self.settings.two_way.is_some()
+            && !self.groups.contains_key(gid)
+            && jc.as_ref().is_some_and(|(g, _)| g.anchor.is_some())
+        {
+            return Ok((gid.to_owned(), GroupPlan::Nothing));
+        }
         let mut members = Vec::new();
         if let Some((_, true)) = &jc {
             for uid in self.jc_members(gid).await? {
                 if let Some(u) = self.users.get(&uid) {
                     members.push(u.dn.clone());
+                } else if let Some(dn) = self.ad_owned_dns.get(&uid) {
+                    members.push(dn.clone());
                 }
             }
         }
@@ -1189,25 +1276,40 @@ impl ToAdEngine {
         } else {
             self.groups.remove(gid);
         }
-        let same = match (&managed, &jc) {
+        let same_entry = match (&managed, &jc) {
             (None, Some((g, true))) => self
                 .by_sam(std::slice::from_ref(&g.name), true)
                 .await?
-                .remove(&g.name.to_lowercase())
-                .map(|e| to_group(&e)),
+                .remove(&g.name.to_lowercase()),
             _ => None,
+        };
+        // Migration: the AD group a JumpCloud group was imported from is taken over.
+        let takes_over = match (&jc, &same_entry) {
+            (Some((g, _)), Some(e)) => g
+                .anchor
+                .as_deref()
+                .and_then(|a| a.rsplit_once('/'))
+                .filter(|(d, _)| d.eq_ignore_ascii_case(&self.d.name))
+                .and_then(|(_, guid)| guid.parse::<crate::model::ObjectGuid>().ok())
+                .is_some_and(|guid| e.guid == Some(guid)),
+            _ => false,
+        };
+        let same = same_entry.as_ref().map(to_group);
+        let rules = ToAdRules {
+            adopt_existing: self.d.rules.adopt_existing || takes_over,
+            ..self.d.rules.clone()
         };
         let plan = plan_group(
             jc.as_ref().map(|(g, b)| (g, *b)),
             &members,
             managed.as_ref(),
             same.as_ref(),
-            &self.d.rules,
+            &rules,
         );
         Ok((gid.to_owned(), plan))
     }
 
-    async fn apply_group(&mut self, id: &str, plan: GroupPlan) -> Result<(), ToAdError> {
+    pub(super) async fn apply_group(&mut self, id: &str, plan: GroupPlan) -> Result<(), ToAdError> {
         match plan {
             GroupPlan::Nothing => Ok(()),
             GroupPlan::Refuse { reason } => {
@@ -1556,13 +1658,40 @@ impl ToAdEngine {
     }
 
     async fn apply_password(&mut self, uid: &str, e: &ChannelEvent) -> Result<(), ToAdError> {
-        let Some(user) = self.users.get(uid).cloned() else {
-            if self.is_managed(uid) && !self.d.directory.on_preferred() {
-                self.in_doubt.insert(uid.to_owned());
-                return Ok(());
+        let two_way = self.settings.two_way.clone();
+        // Two-way: the user's profile says who owns its password (and, for an AD-owned user, which
+        // AD object is its own).
+        let profile = match &two_way {
+            Some(_) => self
+                .jc_profiles(&[uid.to_owned()])
+                .await?
+                .into_iter()
+                .next(),
+            None => None,
+        };
+        let mut ad_owned = false;
+        let user = match self.users.get(uid).cloned() {
+            Some(u) => u,
+            None => {
+                let found = match &profile {
+                    Some(p) => self.ad_owned_user(p).await?,
+                    None => None,
+                };
+                match found {
+                    Some(u) => {
+                        ad_owned = true;
+                        u
+                    }
+                    None => {
+                        if self.is_managed(uid) && !self.d.directory.on_preferred() {
+                            self.in_doubt.insert(uid.to_owned());
+                            return Ok(());
+                        }
+                        tracing::debug!(domain = %self.d.name, object = uid, seq = e.seq, "password for a user with no AD account here; ignored");
+                        return Ok(());
+                    }
+                }
             }
-            tracing::debug!(domain = %self.d.name, object = uid, seq = e.seq, "password for a user with no AD account here; ignored");
-            return Ok(());
         };
         if user.privileged {
             let reason = format!(
@@ -1579,11 +1708,12 @@ impl ToAdEngine {
             });
             return Ok(());
         }
-        if user
-            .marker
-            .as_ref()
-            .and_then(|m| m.password_seq)
-            .is_some_and(|s| s >= e.seq)
+        if !ad_owned
+            && user
+                .marker
+                .as_ref()
+                .and_then(|m| m.password_seq)
+                .is_some_and(|s| s >= e.seq)
         {
             return Ok(()); // already in AD (a replay)
         }
@@ -1623,23 +1753,34 @@ impl ToAdEngine {
                 return Ok(());
             }
         };
+        if let (Some(tw), Some(p)) = (&two_way, &profile) {
+            if !self.password_may_go_to_ad(tw, p, &password, e.seq)? {
+                return Ok(());
+            }
+        }
         let marker = marker_value(uid, Some(e.seq));
+        // An AD-owned user carries no marker (its password seq is kept in the store alone).
+        let also = if ad_owned {
+            Vec::new()
+        } else {
+            vec![AttrChange::Replace(
+                MARKER_ATTRIBUTE.into(),
+                vec![marker.clone().into_bytes()],
+            )]
+        };
         let r = self
             .write(DirRequest::SetPassword {
                 dn: user.dn.clone(),
                 password,
                 enforce_history: true,
-                also: vec![AttrChange::Replace(
-                    MARKER_ATTRIBUTE.into(),
-                    vec![marker.clone().into_bytes()],
-                )],
+                also,
             })
             .await;
         match r {
             Ok(()) => {
                 self.stats.passwords_set += 1;
                 tracing::info!(domain = %self.d.name, object = uid, dn = %user.dn, seq = e.seq, "password from JumpCloud written to AD");
-                if let Some(u) = self.users.get_mut(uid) {
+                if let Some(u) = self.users.get_mut(uid).filter(|_| !ad_owned) {
                     u.marker = parse_marker(&marker);
                 }
                 let (store, seq) = (self.store.clone(), e.seq.to_string());

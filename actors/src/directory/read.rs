@@ -55,7 +55,7 @@ use super::{DcSession, DirectoryError};
 use crate::model::{DirChange, MemberDelta, ObjectGuid, ObjectKind, RawObject};
 
 /// Attributes every read requests (the model's vocabulary); [`ReadSpec::extra_attrs`] adds to them.
-pub const BASE_ATTRIBUTES: [&str; 17] = [
+pub const BASE_ATTRIBUTES: [&str; 18] = [
     "objectGUID",
     "objectSid",
     "objectClass",
@@ -73,6 +73,8 @@ pub const BASE_ATTRIBUTES: [&str; 17] = [
     "member",
     "isDeleted",
     "name",
+    // forestsync's JumpCloud marker: objects created from JumpCloud are never imported back.
+    "adminDescription",
 ];
 
 /// Users (not computers, which are users too) and groups. On `objectClass`, not `objectCategory`:

@@ -38,6 +38,34 @@ use crate::secret::Secret;
 use crate::store::{Store, StoreError};
 use pace::{Backoff, Pacer};
 
+/// Whose password a captured one is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PasswordTarget {
+    /// The JumpCloud user linked to an AD object (AD-owned).
+    Linked(Anchor),
+    /// A JumpCloud-owned user, named by the marker on its AD object.
+    JumpCloud { domain: String, id: String },
+}
+
+impl std::fmt::Display for PasswordTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordTarget::Linked(a) => write!(f, "{a}"),
+            PasswordTarget::JumpCloud { domain, id } => write!(f, "{domain}/jc:{id}"),
+        }
+    }
+}
+
+/// What became of a forwarded password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PasswordSent {
+    Set,
+    /// forestsync's own write coming back: dropped.
+    Echo,
+    /// The user's password authority is the other side: not sent, recorded.
+    NotOwner,
+}
+
 /// How the executor paces and retries, and what it binds new objects to.
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {
@@ -46,6 +74,10 @@ pub struct ExecutorConfig {
     /// The JumpCloud Active Directory instance users and groups are associated with (created, taken
     /// over: add; `RemoveUser` with `Unbind`: remove). `None`: no associations are made.
     pub ad_instance_id: Option<String>,
+    /// Per domain, the AD instance its objects are associated with (overrides `ad_instance_id`).
+    pub ad_instances: std::collections::BTreeMap<String, String>,
+    /// Two-way mode: password authority, echo ledger and conflict records.
+    pub two_way: Option<Arc<crate::two_way::TwoWay>>,
     /// How many queued operations a drain reads at once.
     pub batch: usize,
 }
@@ -56,6 +88,8 @@ impl Default for ExecutorConfig {
             rate: RateLimits::default(),
             retry: RetryPolicy::default(),
             ad_instance_id: None,
+            ad_instances: std::collections::BTreeMap::new(),
+            two_way: None,
             batch: 100,
         }
     }
@@ -188,30 +222,105 @@ impl Executor {
         }
     }
 
+    /// The JumpCloud AD instance objects of `domain` are associated with (if any).
+    pub fn ad_instance(&self, domain: &str) -> Option<&str> {
+        self.inner
+            .config
+            .ad_instances
+            .get(domain)
+            .or(self.inner.config.ad_instance_id.as_ref())
+            .map(String::as_str)
+    }
+
     /// Sets the password of the JumpCloud user linked to `anchor` (the password path does not go
     /// through the outbox: passwords are never stored). A policy violation is BadInput naming the rules.
     pub async fn set_password(&self, anchor: &Anchor, password: &Secret) -> Result<(), ExecError> {
-        let what = format!("SetPassword {anchor}");
-        let link = self
-            .inner
-            .store
-            .link(anchor)?
-            .ok_or_else(|| ExecError::MissingLink {
-                op: what.clone(),
-                role: "user",
-                anchor: anchor.clone(),
-            })?;
+        match self
+            .forward_password(&PasswordTarget::Linked(anchor.clone()), password)
+            .await?
+        {
+            PasswordSent::Set | PasswordSent::Echo | PasswordSent::NotOwner => Ok(()),
+        }
+    }
+
+    /// Sends a password captured in AD to its JumpCloud user. In two-way mode the user's password
+    /// authority decides first: a password of a JumpCloud-authority user is not sent (and is
+    /// recorded), and one forestsync itself wrote to AD (its echo) is dropped silently.
+    pub async fn forward_password(
+        &self,
+        target: &PasswordTarget,
+        password: &Secret,
+    ) -> Result<PasswordSent, ExecError> {
+        let what = format!("SetPassword {target}");
+        let (domain, jumpcloud_id) = match target {
+            PasswordTarget::Linked(anchor) => {
+                let link =
+                    self.inner
+                        .store
+                        .link(anchor)?
+                        .ok_or_else(|| ExecError::MissingLink {
+                            op: what.clone(),
+                            role: "user",
+                            anchor: anchor.clone(),
+                        })?;
+                (anchor.domain.clone(), link.jumpcloud_id)
+            }
+            PasswordTarget::JumpCloud { domain, id } => (domain.clone(), id.clone()),
+        };
+        if let Some(tw) = &self.inner.config.two_way {
+            if tw.echoes.take(&jumpcloud_id, password) {
+                tracing::debug!(domain = %domain, object = %jumpcloud_id, "captured password is the one forestsync wrote to AD; not sent back");
+                return Ok(PasswordSent::Echo);
+            }
+            let id = jumpcloud_id.clone();
+            let profile = self
+                .read("GetUser (password authority)", move |c| {
+                    let id = id.clone();
+                    async move { c.get_profile(&id).await }
+                })
+                .await?;
+            let Some(profile) = profile else {
+                return Err(ExecError::MissingLink {
+                    op: what,
+                    role: "user",
+                    anchor: match target {
+                        PasswordTarget::Linked(a) => a.clone(),
+                        PasswordTarget::JumpCloud { .. } => {
+                            return Ok(PasswordSent::NotOwner);
+                        }
+                    },
+                });
+            };
+            let side = crate::two_way::password_authority(
+                &profile,
+                tw.settings.default_password_authority,
+            );
+            if side != crate::two_way::Side::Ad {
+                tw.record(
+                    &domain,
+                    crate::two_way::RecordKind::NonOwnerChange,
+                    &jumpcloud_id,
+                    "password",
+                    &format!(
+                        "the password of {} was changed in AD, but its password authority is JumpCloud: not sent to JumpCloud",
+                        profile.username
+                    ),
+                )?;
+                return Ok(PasswordSent::NotOwner);
+            }
+            tw.echoes.record(&jumpcloud_id, password);
+        }
         let retry = &self.inner.config.retry;
         let mut backoff = Backoff::new(retry, None);
         loop {
             let result = self
                 .request(
                     &what,
-                    self.inner.client.set_password(&link.jumpcloud_id, password),
+                    self.inner.client.set_password(&jumpcloud_id, password),
                 )
                 .await;
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(PasswordSent::Set),
                 // An earlier attempt that failed ambiguously (5xx, time-out) may have set it: the same
                 // password then violates only the history rule.
                 Err(ExecError::Cloud {
@@ -226,7 +335,7 @@ impl Executor {
                     && message.contains("passwordHistory")
                     && !message.contains(',') =>
                 {
-                    return Ok(())
+                    return Ok(PasswordSent::Set)
                 }
                 Err(e) => backoff.retry_after_failure(e).await?,
             }

@@ -106,7 +106,8 @@ impl OpRun<'_> {
             self.create_user_attempt(user, &marker, existing.as_ref())
                 .await
         );
-        self.bind(AssocTarget::User, &jc.id).await?;
+        self.bind(&user.anchor.domain, AssocTarget::User, &jc.id)
+            .await?;
         Ok(LinkEffect::Upsert(Link {
             anchor: user.anchor.clone(),
             kind: ObjectKind::User,
@@ -194,7 +195,8 @@ impl OpRun<'_> {
             self,
             self.take_over_attempt(user, jumpcloud_id, &marker).await
         );
-        self.bind(AssocTarget::User, &jc.id).await?;
+        self.bind(&user.anchor.domain, AssocTarget::User, &jc.id)
+            .await?;
         let existing = self.ex.inner.store.link(&user.anchor)?;
         Ok(LinkEffect::Upsert(Link {
             anchor: user.anchor.clone(),
@@ -239,6 +241,12 @@ impl OpRun<'_> {
             Some(old) => UserUpdate::diff(old, user),
             None => UserUpdate::full(user),
         };
+        if let (Some(tw), Some(old)) = (&self.ex.inner.config.two_way, &link.applied_user) {
+            if !update.is_empty() {
+                self.note_conflicts(tw, old, user, &link.jumpcloud_id)
+                    .await?;
+            }
+        }
         if !update.is_empty() {
             retrying!(
                 self,
@@ -254,6 +262,39 @@ impl OpRun<'_> {
             applied_user: Some(user.clone()),
             ..link
         }))
+    }
+
+    /// Two-way: fields JumpCloud changed since forestsync last wrote them (`old`) that AD changed
+    /// too (`new`) are conflicts; AD, the owner, wins and the lost JumpCloud value is recorded.
+    async fn note_conflicts(
+        &self,
+        tw: &crate::two_way::TwoWay,
+        old: &DesiredUser,
+        new: &DesiredUser,
+        id: &str,
+    ) -> Result<(), ExecError> {
+        let Some(now) = retrying!(self, self.req(self.client().get_profile(id)).await) else {
+            return Ok(());
+        };
+        let ours = crate::two_way::applied_fields(new);
+        for (field, jc_value, old_value) in crate::two_way::drift(old, &now) {
+            let Some(ad_value) = ours.get(&field) else {
+                continue;
+            };
+            if *ad_value != old_value && *ad_value != jc_value {
+                tw.record(
+                    &new.anchor.domain,
+                    crate::two_way::RecordKind::Conflict,
+                    id,
+                    &field,
+                    &format!(
+                        "{field} of {} changed in both AD ({ad_value:?}) and JumpCloud ({jc_value:?}); AD owns this user, so AD's value was kept",
+                        new.username
+                    ),
+                )?;
+            }
+        }
+        Ok(())
     }
 
     async fn remove_user(
@@ -291,7 +332,7 @@ impl OpRun<'_> {
                 }))
             }
             RemoveAction::Unbind => {
-                if let Some(ad) = &self.ex.inner.config.ad_instance_id {
+                if let Some(ad) = self.ex.ad_instance(&anchor.domain) {
                     retrying!(
                         self,
                         self.assoc_attempt(ad, AssocTarget::User, id, GraphOp::Remove)
@@ -313,7 +354,8 @@ impl OpRun<'_> {
             self.create_group_attempt(group, &marker, existing.as_ref())
                 .await
         );
-        self.bind(AssocTarget::UserGroup, &jc.id).await?;
+        self.bind(&group.anchor.domain, AssocTarget::UserGroup, &jc.id)
+            .await?;
         Ok(LinkEffect::Upsert(Link {
             anchor: group.anchor.clone(),
             kind: ObjectKind::Group,
@@ -506,8 +548,8 @@ impl OpRun<'_> {
     // ---- Active Directory associations ----
 
     /// Associates a created or taken-over object with the configured AD instance (if any).
-    async fn bind(&self, target: AssocTarget, id: &str) -> Result<(), ExecError> {
-        if let Some(ad) = &self.ex.inner.config.ad_instance_id {
+    async fn bind(&self, domain: &str, target: AssocTarget, id: &str) -> Result<(), ExecError> {
+        if let Some(ad) = self.ex.ad_instance(domain) {
             retrying!(self, self.assoc_attempt(ad, target, id, GraphOp::Add).await);
         }
         Ok(())

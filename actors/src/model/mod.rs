@@ -73,6 +73,19 @@ impl AdObject {
     }
 
     /// A security group (groupType bit 0x80000000); distribution groups are not synced.
+    /// Created (or taken over) by forestsync for a JumpCloud object: its `adminDescription` holds the
+    /// marker `forestsync:jc=<id>` (see `plan::to_ad`).
+    pub fn is_jumpcloud_owned(&self) -> bool {
+        self.jumpcloud_id().is_some()
+    }
+
+    /// The JumpCloud id in the object's marker, if it carries one.
+    pub fn jumpcloud_id(&self) -> Option<String> {
+        self.first("admindescription")
+            .and_then(crate::plan::to_ad::parse_marker)
+            .map(|m| m.id)
+    }
+
     pub fn is_security_group(&self) -> bool {
         self.int("grouptype").is_some_and(|t| (t as i32) < 0)
     }

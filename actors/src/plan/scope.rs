@@ -5,7 +5,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::model::{DomainSnapshot, ObjectGuid, ObjectKind};
 
+/// Why an object forestsync created from JumpCloud is not imported back (it carries the marker).
+pub const JUMPCLOUD_OWNED: &str =
+    "created from JumpCloud (carries forestsync's JumpCloud marker): JumpCloud owns it";
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+
 pub enum ScopeError {
     #[error("root group {dn} not found in the directory; fix: create it or correct root_group_dn (nothing is removed while it is missing)")]
     RootGroupMissing { dn: String },
@@ -47,6 +52,10 @@ pub fn resolve_scope(snap: &DomainSnapshot, root_group_dn: &str) -> Result<Scope
     let (reached_groups, reached_users) = reach(snap, root.guid, &primary);
     let mut scope = Scope::default();
     for guid in &reached_users {
+        if let Some(o) = snap.get(guid).filter(|o| o.is_jumpcloud_owned()) {
+            scope.excluded.push((*guid, o.dn.clone(), JUMPCLOUD_OWNED));
+            continue;
+        }
         if privileged.contains(guid) {
             if let Some(o) = snap.get(guid) {
                 scope.excluded.push((
@@ -63,6 +72,12 @@ pub fn resolve_scope(snap: &DomainSnapshot, root_group_dn: &str) -> Result<Scope
         let Some(group) = snap.get(guid) else {
             continue;
         };
+        if group.is_jumpcloud_owned() {
+            scope
+                .excluded
+                .push((*guid, group.dn.clone(), JUMPCLOUD_OWNED));
+            continue;
+        }
         if group.is_protected() {
             scope
                 .excluded

@@ -506,6 +506,9 @@ async fn handle(
         "operation": op.as_ref().map(|o| o.operation_id.clone()),
         "fault": fault,
         "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+        "user_agent": headers
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok()),
     });
     if let Some(log) = &sh.log {
         log.write(entry.clone());

@@ -1,0 +1,84 @@
+//! `forestsync status`: what the agent recorded per domain — two-way conflicts and changes on the
+//! non-owning side, and objects JumpCloud → AD could not write (with AD's reason). Reads the state
+//! store, so today it runs while the agent is stopped (the store is locked by a running agent);
+//! issue #6 extends it to a running agent and to DC health, watermarks and queues.
+
+use std::io::Write;
+
+use forestsync_actors::store::Store;
+use forestsync_actors::two_way::{self, RecordKind};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot open the state store in {dir} (is the agent running? it holds the store; stop it first): {source}")]
+    Store {
+        dir: String,
+        #[source]
+        source: forestsync_actors::store::StoreError,
+    },
+    #[error("cannot write the report: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Writes the report for every configured domain to `out`.
+pub fn report(config: &Config, out: &mut dyn Write) -> Result<(), StatusError> {
+    let store = Store::open(&config.state_dir).map_err(|source| StatusError::Store {
+        dir: config.state_dir.display().to_string(),
+        source,
+    })?;
+    let read = |r: Result<Vec<(String, String)>, _>| -> Result<Vec<(String, String)>, StatusError> {
+        r.map_err(|source| StatusError::Store {
+            dir: config.state_dir.display().to_string(),
+            source,
+        })
+    };
+    writeln!(out, "mode: {}", config.mode)?;
+    for d in &config.domains {
+        writeln!(out, "domain {}:", d.name)?;
+        let records = two_way::records(&store, &d.name).map_err(|source| StatusError::Store {
+            dir: config.state_dir.display().to_string(),
+            source,
+        })?;
+        let conflicts: Vec<_> = records
+            .iter()
+            .filter(|r| r.kind == RecordKind::Conflict)
+            .collect();
+        let non_owner: Vec<_> = records
+            .iter()
+            .filter(|r| r.kind == RecordKind::NonOwnerChange)
+            .collect();
+        writeln!(out, "  conflicts: {}", conflicts.len())?;
+        for r in &conflicts {
+            writeln!(
+                out,
+                "    {} {} {}: {}",
+                r.at_unix, r.object, r.what, r.detail
+            )?;
+        }
+        writeln!(out, "  changes on the non-owning side: {}", non_owner.len())?;
+        for r in &non_owner {
+            writeln!(
+                out,
+                "    {} {} {}: {}",
+                r.at_unix, r.object, r.what, r.detail
+            )?;
+        }
+        let errors = read(store.meta_with_prefix(&format!("to_ad/{}/error/", d.name)))?;
+        writeln!(out, "  not written to AD: {}", errors.len())?;
+        for (k, v) in &errors {
+            let id = k.rsplit('/').next().unwrap_or_default();
+            writeln!(out, "    {id}: {v}")?;
+        }
+        let rejected =
+            read(store.meta_with_prefix(&format!("to_ad/{}/password_rejected/", d.name)))?;
+        writeln!(out, "  passwords AD rejected: {}", rejected.len())?;
+        for (k, v) in &rejected {
+            let id = k.rsplit('/').next().unwrap_or_default();
+            let reason = v.split_once('\t').map(|(_, r)| r).unwrap_or(v);
+            writeln!(out, "    {id}: {reason}")?;
+        }
+    }
+    Ok(())
+}
