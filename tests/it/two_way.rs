@@ -338,6 +338,36 @@ async fn wait_ad_attr(ou: &mut TargetOu, agent: &Agent, what: &str, cn: &str, a:
     }
 }
 
+/// Waits until the AD group `CN=<cn>` in the OU has exactly `want` (lower-case DNs) as members.
+async fn wait_members(
+    ou: &mut TargetOu,
+    agent: &Agent,
+    cn: &str,
+    want: &BTreeSet<String>,
+    what: &str,
+) {
+    let started = Instant::now();
+    loop {
+        let now: BTreeSet<String> = ou
+            .entry(cn, &["member"])
+            .await
+            .and_then(|e| e.attrs.get("member").cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.to_lowercase())
+            .collect();
+        if &now == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < SYNC,
+            "timed out waiting for: {what} (members now {now:?})\nagent log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Nothing the agent writes for `Pair` for `window`: no JumpCloud write request, no AD change.
 async fn assert_quiet(jc: &JcAdmin, ou: &mut TargetOu, p: &Pair, window: Duration, agent: &Agent) {
     let before = (
@@ -364,9 +394,11 @@ async fn each_side_owns_what_it_created_and_changes_on_the_other_side_are_revert
     let Some(lab) = support::lab() else { return };
     let mut w = World::new(lab, "tw-own", "", true).await;
     let (p, mut agent) = w.synced_pair("two", json!({})).await;
+    let w_root = w.side.root.clone();
     let World {
         emu,
         jc,
+        ad,
         mut ou,
         config,
         ..
@@ -446,6 +478,83 @@ async fn each_side_owns_what_it_created_and_changes_on_the_other_side_are_revert
     )
     .await;
 
+    // Groups: an AD group (AD-owned, member A) and a JumpCloud group (JumpCloud-owned, members J and
+    // the AD-owned A) each reach the other side with their members.
+    let g = name("twog");
+    let g_dn = format!("CN={g},{}", ou.dn);
+    group_at(&mut ou.admin, &g_dn, &g).await;
+    add_member(&mut ou.admin, &g_dn, &p.a_dn).await;
+    add_member(&mut ou.admin, &w_root, &g_dn).await;
+    let jg = name("twojg");
+    let jg_id = jc.group(&jg).await;
+    jc.bind(&ad, "user_group", &jg_id, "add").await;
+    let a_id = user(&emu.state(), &p.a).unwrap()["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    jc.member(&jg_id, &p.j_id, "add").await;
+    jc.member(&jg_id, &a_id, "add").await;
+    let (e, g2, a2) = (&emu, g.clone(), p.a.clone());
+    eventually(
+        &agent,
+        SYNC,
+        "the AD group reaches JumpCloud with A",
+        || {
+            let ok =
+                (crate::import_mode::members(&e.state(), &g2) == vec![a2.clone()]).then_some(());
+            async move { ok }
+        },
+    )
+    .await;
+    let jg_dn = format!("CN={jg},{}", ou.dn);
+    let want: BTreeSet<String> = [p.a_dn.to_lowercase(), j_dn.to_lowercase()].into();
+    wait_members(
+        &mut ou,
+        &agent,
+        &jg,
+        &want,
+        "the JumpCloud group reaches AD with J and A",
+    )
+    .await;
+
+    // Membership changed on the non-owning side: reverted.
+    let g_id = crate::import_mode::group(&emu.state(), &g).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    jc.member(&g_id, &p.j_id, "add").await;
+    let (e, g2, a2) = (&emu, g.clone(), p.a.clone());
+    eventually(
+        &agent,
+        SYNC,
+        "J added to the AD-owned group in JumpCloud is removed",
+        || {
+            let s = e.state();
+            // J was a member as soon as the add returned: only a revert removes it.
+            let ok = (crate::import_mode::members(&s, &g2) == vec![a2.clone()]).then_some(());
+            async move { ok }
+        },
+    )
+    .await;
+    ou.admin
+        .modify(
+            &jg_dn,
+            vec![LdapMod::Delete(
+                b"member".to_vec(),
+                [p.a_dn.as_bytes().to_vec()].into(),
+            )],
+        )
+        .await
+        .unwrap();
+    wait_members(
+        &mut ou,
+        &agent,
+        &jg,
+        &want,
+        "A removed from the JumpCloud-owned group in AD is added back",
+    )
+    .await;
+
     // Quiet: no echo of any of the writes above.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_quiet(&jc, &mut ou, &p, Duration::from_secs(6), &agent).await;
@@ -454,9 +563,11 @@ async fn each_side_owns_what_it_created_and_changes_on_the_other_side_are_revert
     let report = status(&config);
     assert_eq!(
         status_count(&report, "changes on the non-owning side"),
-        2,
+        4,
         "{report}"
     );
+    assert!(report.contains(" members: "), "{report}");
+    assert!(report.contains(" member: "), "{report}");
     assert!(
         report.contains("firstname") && report.contains("Hacked"),
         "{report}"

@@ -225,6 +225,8 @@ pub struct ToAdEngine {
     /// Two-way: AD-owned users whose JumpCloud side changed while forestsync itself was writing them;
     /// checked again at the next step.
     pub(super) recheck: BTreeSet<String>,
+    /// Two-way: the same for AD-owned groups.
+    pub(super) recheck_groups: BTreeSet<String>,
 }
 
 impl ToAdEngine {
@@ -257,6 +259,7 @@ impl ToAdEngine {
             last_dc: String::new(),
             ad_owned_dns: HashMap::new(),
             recheck: BTreeSet::new(),
+            recheck_groups: BTreeSet::new(),
         })
     }
 
@@ -280,7 +283,10 @@ impl ToAdEngine {
             // waiting a whole long poll (an approval, or the DC holding them coming back).
             let wait = match (
                 self.reconciled,
-                self.held || !self.in_doubt.is_empty() || !self.recheck.is_empty(),
+                self.held
+                    || !self.in_doubt.is_empty()
+                    || !self.recheck.is_empty()
+                    || !self.recheck_groups.is_empty(),
             ) {
                 (false, _) => Duration::ZERO,
                 (true, true) => self.settings.poll_wait.min(Duration::from_secs(2)),
@@ -1237,11 +1243,11 @@ impl ToAdEngine {
     ) -> Result<(String, GroupPlan), ToAdError> {
         let jc = self.jc_group_cached(cache, gid).await?;
         // Two-way: a group imported from AD is the AD → JumpCloud direction's.
-        if self.settings.two_way.is_some()
-            && !self.groups.contains_key(gid)
-            && jc.as_ref().is_some_and(|(g, _)| g.anchor.is_some())
-        {
-            return Ok((gid.to_owned(), GroupPlan::Nothing));
+        if self.settings.two_way.is_some() && !self.groups.contains_key(gid) {
+            if let Some((g, _)) = jc.as_ref().filter(|(g, _)| g.anchor.is_some()) {
+                self.check_ad_owned_group(g).await?;
+                return Ok((gid.to_owned(), GroupPlan::Nothing));
+            }
         }
         let mut members = Vec::new();
         if let Some((_, true)) = &jc {

@@ -19,7 +19,11 @@ pub(super) enum Polled {
 
 /// The AD anchor (`domain/objectGUID`) a JumpCloud user's `forestsync_anchor` back-link names.
 pub(super) fn profile_anchor(p: &JcProfile) -> Option<Anchor> {
-    let v = two_way::custom_attribute(p, ANCHOR_ATTRIBUTE)?;
+    parse_anchor(&two_way::custom_attribute(p, ANCHOR_ATTRIBUTE)?)
+}
+
+/// `domain/objectGUID` → the anchor.
+pub(super) fn parse_anchor(v: &str) -> Option<Anchor> {
     let (domain, guid) = v.rsplit_once('/')?;
     Some(Anchor {
         domain: domain.to_owned(),
@@ -486,10 +490,139 @@ impl ToAdEngine {
         Ok(busy)
     }
 
-    /// AD-owned users whose check waited for the AD → JumpCloud direction: checked now (again
-    /// deferred while it is still busy with them).
+    /// Two-way: an AD-owned group as JumpCloud has it (name, direct members) against what the AD →
+    /// JumpCloud direction last wrote. Differences were made in JumpCloud (the non-owning side):
+    /// recorded, and reverted unless configured to be ignored.
+    pub(super) async fn check_ad_owned_group(&mut self, g: &JcGroup) -> Result<(), ToAdError> {
+        let Some(tw) = self.two_way() else {
+            return Ok(());
+        };
+        let Some(anchor) = g.anchor.as_deref().and_then(parse_anchor) else {
+            return Ok(());
+        };
+        if !anchor.domain.eq_ignore_ascii_case(&self.d.name) {
+            return Ok(());
+        }
+        if self.import_busy(&anchor).await? {
+            self.recheck_groups.insert(g.id.clone());
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let a = anchor.clone();
+        let applied = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let Some(link) = store.link(&a)? else {
+                return Ok(None);
+            };
+            let mut ids = BTreeSet::new();
+            for m in &link.applied_members {
+                if let Some(l) = store.link(m)? {
+                    ids.insert(l.jumpcloud_id);
+                }
+            }
+            Ok(Some((link.applied_group_name, ids)))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        let Some((applied_name, applied_ids)) = applied else {
+            return Ok(());
+        };
+        let now: BTreeSet<String> = self.jc_members(&g.id).await?.into_iter().collect();
+        let added: Vec<&String> = now.difference(&applied_ids).collect();
+        let removed: Vec<&String> = applied_ids.difference(&now).collect();
+        let renamed = applied_name.as_deref().filter(|n| *n != g.name);
+        if added.is_empty() && removed.is_empty() && renamed.is_none() {
+            return Ok(());
+        }
+        let revert = tw.settings.non_owner_change == NonOwnerChange::Revert;
+        let outcome = if revert {
+            "reverted to AD's"
+        } else {
+            "left as it is (non_owner_changes = \"ignore\")"
+        };
+        if !added.is_empty() || !removed.is_empty() {
+            tw.record(
+                &self.d.name,
+                RecordKind::NonOwnerChange,
+                &g.id,
+                "members",
+                &format!(
+                    "members of group {} changed in JumpCloud ({} added, {} removed); AD owns this group: {outcome}",
+                    g.name,
+                    added.len(),
+                    removed.len()
+                ),
+            )?;
+        }
+        if let Some(name) = renamed {
+            tw.record(
+                &self.d.name,
+                RecordKind::NonOwnerChange,
+                &g.id,
+                "name",
+                &format!(
+                    "group {name:?} was renamed in JumpCloud to {:?}; AD owns this group: {outcome}",
+                    g.name
+                ),
+            )?;
+        }
+        if !revert {
+            return Ok(());
+        }
+        for (uid, add) in added
+            .into_iter()
+            .map(|u| (u.clone(), false))
+            .chain(removed.into_iter().map(|u| (u.clone(), true)))
+        {
+            let gid = g.id.clone();
+            let r = self
+                .api
+                .read("Members (revert a JumpCloud-side change)", move |c| {
+                    let (gid, uid) = (gid.clone(), uid.clone());
+                    async move {
+                        if add {
+                            c.add_member(&gid, &uid).await
+                        } else {
+                            c.remove_member(&gid, &uid).await
+                        }
+                    }
+                })
+                .await;
+            match r {
+                Ok(()) => self.stats.reverted += 1,
+                // Already as AD has it.
+                Err(e)
+                    if matches!(
+                        e.cloud().and_then(crate::cloud::CloudError::status),
+                        Some(404) | Some(409)
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(name) = renamed {
+            let (id, name, current) = (g.id.clone(), name.to_owned(), g.clone());
+            self.api
+                .read("RenameGroup (revert a JumpCloud-side change)", move |c| {
+                    let (id, name, current) = (id.clone(), name.clone(), current.clone());
+                    async move { c.rename_group(&id, &name, &current).await.map(|_| ()) }
+                })
+                .await?;
+            self.stats.reverted += 1;
+        }
+        Ok(())
+    }
+
+    /// AD-owned users and groups whose check waited for the AD → JumpCloud direction: checked now
+    /// (again deferred while it is still busy with them).
     pub(super) async fn recheck_ad_owned(&mut self) -> Result<(), ToAdError> {
-        if self.recheck.is_empty() || self.settings.two_way.is_none() {
+        if self.settings.two_way.is_none() {
+            return Ok(());
+        }
+        for gid in std::mem::take(&mut self.recheck_groups) {
+            if let Some(g) = self.jc_group(&gid).await?.map(|(g, _)| g) {
+                self.check_ad_owned_group(&g).await?;
+            }
+        }
+        if self.recheck.is_empty() {
             return Ok(());
         }
         let due: Vec<String> = std::mem::take(&mut self.recheck).into_iter().collect();
