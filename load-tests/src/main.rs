@@ -11,9 +11,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use stats::percentile;
 
+mod agent;
+mod jumpcloud;
+mod lab;
 mod latency;
+mod stats;
 mod sync_latency;
+mod two_way;
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +72,35 @@ enum Scenario {
         #[arg(long)]
         agent: Option<std::path::PathBuf>,
     },
+    /// Two-way mode on the lab: AD → JumpCloud and JumpCloud → AD change latency, and the agent's
+    /// writes per real change (echo writes).
+    TwoWayLatency {
+        /// AD-owned users, and as many JumpCloud-owned users.
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+        /// Measured changes per direction.
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// The forestsync binary to run as the agent (default: next to this program).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+    },
+    /// Two-way mode on the lab, long run: random real changes alternating between AD and JumpCloud;
+    /// the agent's writes must equal the changes (no echo writes).
+    TwoWayChurn {
+        /// How long to churn.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// AD-owned users, and as many JumpCloud-owned users.
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+        /// Seed of the choice of users and attributes (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The forestsync binary to run as the agent (default: next to this program).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -87,6 +122,17 @@ async fn main() -> Result<()> {
             changes,
             agent,
         } => sync_latency::run(users, changes, agent).await,
+        Scenario::TwoWayLatency {
+            users,
+            changes,
+            agent,
+        } => two_way::latency(users, changes, agent).await,
+        Scenario::TwoWayChurn {
+            minutes,
+            users,
+            seed,
+            agent,
+        } => two_way::churn(minutes, users, seed, agent).await,
     }
 }
 
@@ -164,7 +210,8 @@ async fn emulator(seconds: u64, concurrency: usize, users: usize, http: bool) ->
 struct Figures {
     requests: u64,
     elapsed: Duration,
-    latencies_us: Vec<u64>,
+    /// Ascending.
+    latencies_ms: Vec<f64>,
 }
 
 /// Runs `op` on `concurrency` workers until `duration` passes or an op returns `Ok(false)` (work done).
@@ -185,29 +232,21 @@ where
                 if !op().await? {
                     break;
                 }
-                latencies.push(t.elapsed().as_micros() as u64);
+                latencies.push(t.elapsed().as_micros() as f64 / 1000.0);
             }
             anyhow::Ok(latencies)
         }));
     }
-    let mut latencies_us = Vec::new();
+    let mut latencies_ms = Vec::new();
     for w in workers {
-        latencies_us.extend(w.await??);
+        latencies_ms.extend(w.await??);
     }
-    latencies_us.sort_unstable();
+    latencies_ms.sort_by(|a, b| a.total_cmp(b));
     Ok(Figures {
-        requests: latencies_us.len() as u64,
+        requests: latencies_ms.len() as u64,
         elapsed: started.elapsed(),
-        latencies_us,
+        latencies_ms,
     })
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx] as f64 / 1000.0
 }
 
 fn print_figures(scenario: &str, f: &Figures, concurrency: usize, http: bool) {
@@ -218,8 +257,8 @@ fn print_figures(scenario: &str, f: &Figures, concurrency: usize, http: bool) {
         "requests": f.requests,
         "seconds": (f.elapsed.as_secs_f64() * 100.0).round() / 100.0,
         "requests_per_second": (f.requests as f64 / f.elapsed.as_secs_f64()).round(),
-        "p50_ms": percentile(&f.latencies_us, 0.50),
-        "p99_ms": percentile(&f.latencies_us, 0.99),
+        "p50_ms": percentile(&f.latencies_ms, 0.50),
+        "p99_ms": percentile(&f.latencies_ms, 0.99),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "note": "driver and emulator share the machine's cores",
     });

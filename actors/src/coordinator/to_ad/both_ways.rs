@@ -373,21 +373,31 @@ impl ToAdEngine {
         let Some(tw) = self.two_way() else {
             return Ok(());
         };
-        let link = {
-            let (store, anchor) = (self.store.clone(), anchor.clone());
-            tokio::task::spawn_blocking(move || store.link(&anchor))
-                .await
-                .map_err(|e| StoreError::Task(e.to_string()))??
-        };
-        let Some(applied) = link.and_then(|l| l.applied_user) else {
+        let Some(applied) = self.applied_user(anchor).await? else {
             return Ok(()); // not created yet (its create is queued or running)
         };
         self.ad_owned_dns
             .insert(p.id.clone(), applied.external_dn.clone());
+        if two_way::drift(&applied, p).is_empty() {
+            return Ok(());
+        }
+        // A difference may be the import's own write, made before its link was committed: judged
+        // only when no operation for the user is queued or running and the link stayed the same
+        // across a fresh read of JumpCloud (so JumpCloud is at least as new as the link).
         if self.import_busy(anchor).await? {
             self.recheck.insert(p.id.clone());
             return Ok(());
         }
+        let Some(now) = self.jc_profiles(&[p.id.clone()]).await?.into_iter().next() else {
+            return Ok(());
+        };
+        if self.import_busy(anchor).await?
+            || self.applied_user(anchor).await?.as_ref() != Some(&applied)
+        {
+            self.recheck.insert(p.id.clone());
+            return Ok(());
+        }
+        let p = &now;
         let drifted = two_way::drift(&applied, p);
         if drifted.is_empty() {
             return Ok(());
@@ -472,6 +482,42 @@ impl ToAdEngine {
         Ok(done)
     }
 
+    /// What the AD → JumpCloud direction last wrote for the AD-owned group `anchor`: its name and its
+    /// members' JumpCloud ids.
+    async fn applied_group(
+        &self,
+        anchor: &Anchor,
+    ) -> Result<Option<(Option<String>, BTreeSet<String>)>, ToAdError> {
+        let (store, a) = (self.store.clone(), anchor.clone());
+        let applied = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let Some(link) = store.link(&a)? else {
+                return Ok(None);
+            };
+            let mut ids = BTreeSet::new();
+            for m in &link.applied_members {
+                if let Some(l) = store.link(m)? {
+                    ids.insert(l.jumpcloud_id);
+                }
+            }
+            Ok(Some((link.applied_group_name, ids)))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(applied)
+    }
+
+    /// What the AD → JumpCloud direction last wrote for the AD-owned user `anchor`.
+    async fn applied_user(
+        &self,
+        anchor: &Anchor,
+    ) -> Result<Option<crate::model::DesiredUser>, ToAdError> {
+        let (store, anchor) = (self.store.clone(), anchor.clone());
+        let link = tokio::task::spawn_blocking(move || store.link(&anchor))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(link.and_then(|l| l.applied_user))
+    }
+
     /// Whether the AD → JumpCloud direction has an operation queued or running for `anchor` (its
     /// link then lags what JumpCloud holds, so JumpCloud is not compared with it yet). A long outbox
     /// (an initial import) counts as busy for everyone.
@@ -507,26 +553,18 @@ impl ToAdEngine {
             self.recheck_groups.insert(g.id.clone());
             return Ok(());
         }
-        let store = self.store.clone();
-        let a = anchor.clone();
-        let applied = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let Some(link) = store.link(&a)? else {
-                return Ok(None);
-            };
-            let mut ids = BTreeSet::new();
-            for m in &link.applied_members {
-                if let Some(l) = store.link(m)? {
-                    ids.insert(l.jumpcloud_id);
-                }
-            }
-            Ok(Some((link.applied_group_name, ids)))
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
-        let Some((applied_name, applied_ids)) = applied else {
+        let Some(applied) = self.applied_group(&anchor).await? else {
             return Ok(());
         };
         let now: BTreeSet<String> = self.jc_members(&g.id).await?.into_iter().collect();
+        // The same guard as for users: the link must not have moved while JumpCloud was read.
+        if self.import_busy(&anchor).await?
+            || self.applied_group(&anchor).await?.as_ref() != Some(&applied)
+        {
+            self.recheck_groups.insert(g.id.clone());
+            return Ok(());
+        }
+        let (applied_name, applied_ids) = applied;
         let added: Vec<&String> = now.difference(&applied_ids).collect();
         let removed: Vec<&String> = applied_ids.difference(&now).collect();
         let renamed = applied_name.as_deref().filter(|n| *n != g.name);
