@@ -64,6 +64,8 @@ pub enum PasswordSent {
     Echo,
     /// The user's password authority is the other side: not sent, recorded.
     NotOwner,
+    /// The JumpCloud user no longer exists: not sent.
+    Gone,
 }
 
 /// How the executor paces and retries, and what it binds new objects to.
@@ -239,7 +241,10 @@ impl Executor {
             .forward_password(&PasswordTarget::Linked(anchor.clone()), password)
             .await?
         {
-            PasswordSent::Set | PasswordSent::Echo | PasswordSent::NotOwner => Ok(()),
+            PasswordSent::Set
+            | PasswordSent::Echo
+            | PasswordSent::NotOwner
+            | PasswordSent::Gone => Ok(()),
         }
     }
 
@@ -280,16 +285,8 @@ impl Executor {
                 })
                 .await?;
             let Some(profile) = profile else {
-                return Err(ExecError::MissingLink {
-                    op: what,
-                    role: "user",
-                    anchor: match target {
-                        PasswordTarget::Linked(a) => a.clone(),
-                        PasswordTarget::JumpCloud { .. } => {
-                            return Ok(PasswordSent::NotOwner);
-                        }
-                    },
-                });
+                tracing::info!(domain = %domain, object = %jumpcloud_id, "captured password for a user JumpCloud no longer has; dropped");
+                return Ok(PasswordSent::Gone);
             };
             let side = crate::two_way::password_authority(
                 &profile,
