@@ -54,7 +54,10 @@ pub fn report(config: &Config, out: &mut dyn Write) -> Result<(), StatusError> {
             writeln!(
                 out,
                 "    {} {} {}: {}",
-                r.at_unix, r.object, r.what, r.detail
+                utc(r.at_unix),
+                r.object,
+                r.what,
+                r.detail
             )?;
         }
         writeln!(out, "  changes on the non-owning side: {}", non_owner.len())?;
@@ -62,7 +65,10 @@ pub fn report(config: &Config, out: &mut dyn Write) -> Result<(), StatusError> {
             writeln!(
                 out,
                 "    {} {} {}: {}",
-                r.at_unix, r.object, r.what, r.detail
+                utc(r.at_unix),
+                r.object,
+                r.what,
+                r.detail
             )?;
         }
         let errors = read(store.meta_with_prefix(&format!("to_ad/{}/error/", d.name)))?;

@@ -388,7 +388,12 @@ impl ToAdEngine {
             self.recheck.insert(p.id.clone());
             return Ok(());
         }
-        let Some(now) = self.jc_profiles(std::slice::from_ref(&p.id)).await?.into_iter().next() else {
+        let Some(now) = self
+            .jc_profiles(std::slice::from_ref(&p.id))
+            .await?
+            .into_iter()
+            .next()
+        else {
             return Ok(());
         };
         if self.import_busy(anchor).await?
