@@ -41,35 +41,16 @@ pub fn report(config: &Config, out: &mut dyn Write) -> Result<(), StatusError> {
             dir: config.state_dir.display().to_string(),
             source,
         })?;
-        let conflicts: Vec<_> = records
-            .iter()
-            .filter(|r| r.kind == RecordKind::Conflict)
-            .collect();
-        let non_owner: Vec<_> = records
-            .iter()
-            .filter(|r| r.kind == RecordKind::NonOwnerChange)
-            .collect();
-        writeln!(out, "  conflicts: {}", conflicts.len())?;
-        for r in &conflicts {
-            writeln!(
-                out,
-                "    {} {} {}: {}",
-                utc(r.at_unix),
-                r.object,
-                r.what,
-                r.detail
-            )?;
-        }
-        writeln!(out, "  changes on the non-owning side: {}", non_owner.len())?;
-        for r in &non_owner {
-            writeln!(
-                out,
-                "    {} {} {}: {}",
-                utc(r.at_unix),
-                r.object,
-                r.what,
-                r.detail
-            )?;
+        for (kind, label) in [
+            (RecordKind::Conflict, "conflicts"),
+            (RecordKind::NonOwnerChange, "changes on the non-owning side"),
+        ] {
+            let of_kind: Vec<_> = records.iter().filter(|r| r.kind == kind).collect();
+            writeln!(out, "  {label}: {}", of_kind.len())?;
+            for r in of_kind {
+                let at = utc(r.at_unix);
+                writeln!(out, "    {at} {} {}: {}", r.object, r.what, r.detail)?;
+            }
         }
         let errors = read(store.meta_with_prefix(&format!("to_ad/{}/error/", d.name)))?;
         writeln!(out, "  not written to AD: {}", errors.len())?;

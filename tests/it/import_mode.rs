@@ -47,17 +47,7 @@ impl Corner {
     }
 
     async fn group_at(&mut self, dn: &str, sam: &str) {
-        self.admin
-            .add(
-                dn,
-                vec![
-                    attr("objectClass", &["top", "group"]),
-                    attr("sAMAccountName", &[sam]),
-                    attr("groupType", &["-2147483646"]),
-                ],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("create group {dn}: {e}"));
+        support::group_at(&mut self.admin, dn, sam).await;
         self.created.push(dn.into());
     }
 
@@ -104,16 +94,7 @@ impl Corner {
     }
 
     pub async fn add_member(&mut self, group: &str, member: &str) {
-        self.admin
-            .modify(
-                group,
-                vec![LdapMod::Add(
-                    b"member".to_vec(),
-                    [member.as_bytes().to_vec()].into(),
-                )],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("add {member} to {group}: {e}"));
+        support::add_member(&mut self.admin, group, member).await;
     }
 
     pub async fn remove_member(&mut self, group: &str, member: &str) {
@@ -130,16 +111,7 @@ impl Corner {
     }
 
     pub async fn set(&mut self, dn: &str, name: &str, value: &str) {
-        self.admin
-            .modify(
-                dn,
-                vec![LdapMod::Replace(
-                    name.as_bytes().to_vec(),
-                    [value.as_bytes().to_vec()].into(),
-                )],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("set {name} on {dn}: {e}"));
+        support::set_attr(&mut self.admin, dn, name, value).await;
     }
 
     pub async fn delete(&mut self, dn: &str) {
@@ -965,7 +937,8 @@ async fn a_password_set_in_ad_reaches_jumpcloud_and_a_refused_one_never_does() {
     c.cleanup().await;
 }
 
-async fn set_password(
+/// An admin's password reset over LDAPS (the DC's hook sees it).
+pub(crate) async fn set_password(
     admin: &mut DcSession,
     dn: &str,
     password: &str,

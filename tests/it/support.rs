@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use forestsync_actors::directory::LdapMod;
 use forestsync_actors::directory::{DcEndpoint, DcSession, Timeouts};
 use forestsync_actors::secret::Secret;
 use forestsync_actors::trust;
@@ -147,6 +148,51 @@ pub fn attr(name: &str, values: &[&str]) -> (Vec<u8>, std::collections::HashSet<
         name.as_bytes().to_vec(),
         values.iter().map(|v| v.as_bytes().to_vec()).collect(),
     )
+}
+
+// ---- admin writes the tests make (each panics with the DN on failure) ----
+
+/// Creates a global security group `dn` with sAMAccountName `sam`.
+pub async fn group_at(admin: &mut DcSession, dn: &str, sam: &str) {
+    admin
+        .add(
+            dn,
+            vec![
+                attr("objectClass", &["top", "group"]),
+                attr("sAMAccountName", &[sam]),
+                attr("groupType", &["-2147483646"]),
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create group {dn}: {e}"));
+}
+
+/// Adds `member` (a DN) to `group`.
+pub async fn add_member(admin: &mut DcSession, group: &str, member: &str) {
+    admin
+        .modify(
+            group,
+            vec![LdapMod::Add(
+                b"member".to_vec(),
+                [member.as_bytes().to_vec()].into(),
+            )],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("add {member} to {group}: {e}"));
+}
+
+/// Replaces attribute `name` of `dn` with one value.
+pub async fn set_attr(admin: &mut DcSession, dn: &str, name: &str, value: &str) {
+    admin
+        .modify(
+            dn,
+            vec![LdapMod::Replace(
+                name.as_bytes().to_vec(),
+                [value.as_bytes().to_vec()].into(),
+            )],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("set {name} on {dn}: {e}"));
 }
 
 #[cfg(test)]

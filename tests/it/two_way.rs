@@ -12,8 +12,8 @@ use forestsync_actors::directory::{DcSession, LdapMod};
 use serde_json::{json, Value};
 
 use crate::import_mode::{emulator, scratch, user, Agent, API_KEY};
-use crate::support::{self, attr, unique, Lab};
-use crate::sync_mode::{eventually, start_agent, try_bind, JcAdmin, TargetOu};
+use crate::support::{self, add_member, attr, group_at, set_attr, unique, Lab};
+use crate::sync_mode::{eventually, start_agent, try_bind, wait_ad, JcAdmin, TargetOu};
 
 const SYNC: Duration = Duration::from_secs(45);
 
@@ -88,46 +88,6 @@ impl AdSide {
         add_member(&mut ou.admin, &self.root, &dn).await;
         dn
     }
-}
-
-async fn group_at(admin: &mut DcSession, dn: &str, sam: &str) {
-    admin
-        .add(
-            dn,
-            vec![
-                attr("objectClass", &["top", "group"]),
-                attr("sAMAccountName", &[sam]),
-                attr("groupType", &["-2147483646"]),
-            ],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("create group {dn}: {e}"));
-}
-
-async fn add_member(admin: &mut DcSession, group: &str, member: &str) {
-    admin
-        .modify(
-            group,
-            vec![LdapMod::Add(
-                b"member".to_vec(),
-                [member.as_bytes().to_vec()].into(),
-            )],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("add {member} to {group}: {e}"));
-}
-
-async fn set_attr(admin: &mut DcSession, dn: &str, name: &str, value: &str) {
-    admin
-        .modify(
-            dn,
-            vec![LdapMod::Replace(
-                name.as_bytes().to_vec(),
-                [value.as_bytes().to_vec()].into(),
-            )],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("set {name} on {dn}: {e}"));
 }
 
 async fn ad_first(ou: &mut TargetOu, cn: &str, a: &str) -> Option<String> {
@@ -324,18 +284,14 @@ async fn wait_jc(
 }
 
 async fn wait_ad_attr(ou: &mut TargetOu, agent: &Agent, what: &str, cn: &str, a: &str, want: &str) {
-    let started = Instant::now();
-    loop {
-        if ad_first(ou, cn, a).await.as_deref() == Some(want) {
-            return;
-        }
-        assert!(
-            started.elapsed() < SYNC,
-            "timed out waiting for: {what}\nagent log:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (cn, a, want) = (cn.to_owned(), a.to_owned(), want.to_owned());
+    wait_ad(ou, agent, SYNC, what, move |ou| {
+        let (cn, a, want) = (cn.clone(), a.clone(), want.clone());
+        Box::pin(async move {
+            (ou.first(&cn, &a).await.as_deref() == Some(want.as_str())).then_some(())
+        })
+    })
+    .await;
 }
 
 /// Waits until the AD group `CN=<cn>` in the OU has exactly `want` (lower-case DNs) as members.
@@ -346,26 +302,22 @@ async fn wait_members(
     want: &BTreeSet<String>,
     what: &str,
 ) {
-    let started = Instant::now();
-    loop {
-        let now: BTreeSet<String> = ou
-            .entry(cn, &["member"])
-            .await
-            .and_then(|e| e.attrs.get("member").cloned())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| m.to_lowercase())
-            .collect();
-        if &now == want {
-            return;
-        }
-        assert!(
-            started.elapsed() < SYNC,
-            "timed out waiting for: {what} (members now {now:?})\nagent log:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (cn, want) = (cn.to_owned(), want.clone());
+    wait_ad(ou, agent, SYNC, what, move |ou| {
+        let (cn, want) = (cn.clone(), want.clone());
+        Box::pin(async move {
+            let now: BTreeSet<String> = ou
+                .entry(&cn, &["member"])
+                .await
+                .and_then(|e| e.attrs.get("member").cloned())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| m.to_lowercase())
+                .collect();
+            (now == want).then_some(())
+        })
+    })
+    .await;
 }
 
 /// Nothing the agent writes for `Pair` for `window`: no JumpCloud write request, no AD change.
@@ -780,12 +732,7 @@ async fn passwords_follow_each_users_authority_both_ways_without_a_loop() {
 }
 
 async fn set_ad_password(admin: &mut DcSession, dn: &str, password: &str) {
-    let value = crate::password_capture::unicode_pwd(password);
-    admin
-        .modify(
-            dn,
-            vec![LdapMod::Replace(b"unicodePwd".to_vec(), [value].into())],
-        )
+    crate::import_mode::set_password(admin, dn, password)
         .await
         .unwrap_or_else(|e| panic!("set password of {dn}: {e}"));
 }

@@ -347,7 +347,10 @@ impl ToAdEngine {
     ) -> Result<BTreeMap<String, ObjectGuid>, ToAdError> {
         let mut migrating = BTreeMap::new();
         let mut ad_owned = Vec::new();
+        let managed = &self.users;
         jc.retain(|id, (p, _)| match profile_anchor(p) {
+            // Marked in AD already (taken over): JumpCloud owns it, whatever its back-link says.
+            Some(_) if managed.contains_key(id) => true,
             Some(a) if a.domain.eq_ignore_ascii_case(&self.d.name) => {
                 if self.settings.two_way.is_some() {
                     ad_owned.push((p.clone(), a));
