@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use forestsync_actors::password::policy::JumpCloudPolicy;
+use forestsync_actors::sealed::{is_sealed, SealKey};
 use forestsync_actors::secret::Secret;
 use serde::Deserialize;
 
@@ -103,6 +104,7 @@ pub enum UsernameCollision {
 struct FileShape {
     mode: Mode,
     state_dir: Option<PathBuf>,
+    seal_key_file: Option<PathBuf>,
     jumpcloud: JumpCloudShape,
     #[serde(rename = "domain", default)]
     domains: Vec<DomainShape>,
@@ -293,6 +295,8 @@ pub struct Config {
     pub passwords: PasswordsConfig,
     /// `[two_way]` (defaults when absent; only read in mode two-way).
     pub two_way: TwoWayConfig,
+    /// The key that seals secrets in this file and the agent credentials (see [`seal_key_file`]).
+    pub seal_key_file: PathBuf,
 }
 
 #[derive(Debug)]
@@ -494,13 +498,22 @@ impl Config {
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut problems = Vec::new();
         let relative = |p: PathBuf| if p.is_relative() { base_dir.join(p) } else { p };
+        let state_dir = shape
+            .state_dir
+            .clone()
+            .map(&relative)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let seal_key_file = seal_key_file(shape.seal_key_file.clone().map(&relative), &state_dir);
+        let mut unsealer = Unsealer::new(&seal_key_file);
 
         let jc = shape.jumpcloud;
         let api_key = resolve_secret(
             "jumpcloud.api_key",
+            API_KEY_PURPOSE,
             jc.api_key,
             jc.api_key_file.map(&relative),
             jc.api_key_env,
+            &mut unsealer,
             &mut problems,
         );
         match url::Url::parse(&jc.base_url) {
@@ -607,9 +620,11 @@ impl Config {
             }
             let bind_password = resolve_secret(
                 &format!("{at}.bind_password"),
+                &bind_password_purpose(&d.name),
                 d.bind_password,
                 d.bind_password_file.map(&relative),
                 d.bind_password_env,
+                &mut unsealer,
                 &mut problems,
             );
             domains.push(DomainConfig {
@@ -635,10 +650,6 @@ impl Config {
         if safety.max_removal_percent > 100 {
             problems.push("safety.max_removal_percent must be between 0 and 100".into());
         }
-        let state_dir = shape
-            .state_dir
-            .map(&relative)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let passwords = shape
             .passwords
             .resolve(&state_dir, &relative, &mut problems);
@@ -687,6 +698,7 @@ impl Config {
             safety,
             passwords,
             two_way,
+            seal_key_file,
         })
     }
 }
@@ -709,12 +721,68 @@ fn looks_like_dn(dn: &str) -> bool {
     })
 }
 
-/// Exactly one of `literal`, `file`, `env` must be given. The value never appears in a message.
+/// The sealing purpose of `jumpcloud.api_key` (a sealed value opens only for the field it was sealed for).
+pub const API_KEY_PURPOSE: &str = "jumpcloud.api_key";
+
+/// The sealing purpose of a domain's bind password (bound to the domain's name).
+pub fn bind_password_purpose(domain: &str) -> String {
+    format!("domain.{domain}.bind_password")
+}
+
+/// Where the seal key is: `FORESTSYNC_SEAL_KEY_FILE`, else a systemd credential named
+/// `forestsync-seal-key` (`LoadCredential=`), else the config's `seal_key_file`, else
+/// `<state_dir>/seal.key` (created with mode 0600 the first time something is sealed).
+pub fn seal_key_file(configured: Option<PathBuf>, state_dir: &Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("FORESTSYNC_SEAL_KEY_FILE").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|v| !v.is_empty()) {
+        let p = Path::new(&dir).join("forestsync-seal-key");
+        if p.exists() {
+            return p;
+        }
+    }
+    configured.unwrap_or_else(|| forestsync_actors::channel::seal_key_path(state_dir))
+}
+
+/// Opens sealed values, loading the key on first use.
+struct Unsealer<'a> {
+    path: &'a Path,
+    key: Option<Result<SealKey, String>>,
+}
+
+impl<'a> Unsealer<'a> {
+    fn new(path: &'a Path) -> Self {
+        Unsealer { path, key: None }
+    }
+
+    fn open(&mut self, key_name: &str, purpose: &str, sealed: &str) -> Result<String, String> {
+        let path = self.path;
+        let key = self
+            .key
+            .get_or_insert_with(|| SealKey::load(path).map_err(|e| e.to_string()));
+        let key = key.as_ref().map_err(|e| {
+            format!("{key_name} is sealed, but the seal key cannot be used: {e}; fix: restore the key file the value was sealed with (or set FORESTSYNC_SEAL_KEY_FILE), or write the plaintext again and re-seal")
+        })?;
+        let bytes = key
+            .unseal(purpose, sealed)
+            .map_err(|e| format!("{key_name}: {e}"))?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| format!("{key_name}: the sealed value is not UTF-8 text; fix: write the plaintext again and re-seal"))
+    }
+}
+
+/// Exactly one of `literal`, `file`, `env` must be given. The value never appears in a message. A
+/// literal sealed by `forestsync seal` (`fs1:…`) is opened with the seal key for `purpose`; an
+/// environment variable that is not set is looked for as `<VAR>_FILE` (a file holding the value,
+/// as container platforms provide secrets).
 fn resolve_secret(
     key: &str,
+    purpose: &str,
     literal: Option<String>,
     file: Option<PathBuf>,
     env: Option<String>,
+    unsealer: &mut Unsealer<'_>,
     problems: &mut Vec<String>,
 ) -> Secret {
     let given = literal.is_some() as u8 + file.is_some() as u8 + env.is_some() as u8;
@@ -725,7 +793,17 @@ fn resolve_secret(
         return Secret::new("");
     }
     let value = if let Some(v) = literal {
-        v
+        if is_sealed(&v) {
+            match unsealer.open(key, purpose, &v) {
+                Ok(v) => v,
+                Err(problem) => {
+                    problems.push(problem);
+                    return Secret::new("");
+                }
+            }
+        } else {
+            v
+        }
     } else if let Some(path) = file {
         match std::fs::read_to_string(&path) {
             Ok(v) => v.trim_end_matches(['\n', '\r']).to_owned(),
@@ -737,10 +815,24 @@ fn resolve_secret(
     } else if let Some(var) = env {
         match std::env::var(&var) {
             Ok(v) => v,
-            Err(_) => {
-                problems.push(format!("{key}_env: environment variable {var} is not set"));
-                return Secret::new("");
-            }
+            Err(_) => match std::env::var_os(format!("{var}_FILE")) {
+                Some(path) => match std::fs::read_to_string(&path) {
+                    Ok(v) => v.trim_end_matches(['\n', '\r']).to_owned(),
+                    Err(e) => {
+                        problems.push(format!(
+                            "{key}_env: {var} is not set and {var}_FILE {}: cannot read: {e}",
+                            Path::new(&path).display()
+                        ));
+                        return Secret::new("");
+                    }
+                },
+                None => {
+                    problems.push(format!(
+                        "{key}_env: environment variable {var} (or {var}_FILE) is not set"
+                    ));
+                    return Secret::new("");
+                }
+            },
         }
     } else {
         unreachable!("exactly one source was checked above")

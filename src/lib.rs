@@ -6,6 +6,7 @@ pub mod check;
 pub mod config;
 pub mod dry_run;
 pub mod register;
+pub mod seal;
 pub mod status;
 pub mod telemetry;
 pub mod wiring;

@@ -35,7 +35,8 @@ enum Command {
     /// Show what the agent recorded per domain: two-way conflicts and changes on the non-owning side,
     /// objects and passwords AD refused (run it while the agent is stopped).
     Status(ConfigArg),
-    /// Encrypt the secrets in a config file in place.
+    /// Replace the plaintext secrets in the config file by sealed values (in place; the rest of the
+    /// file is kept as it is). `run` does the same at every start.
     Seal(ConfigArg),
     /// Password hook called by Samba's `check password script` on every DC (password on stdin).
     /// Exit 0 accepts the password, 1 rejects it; an accepted one goes to the agent or the spool.
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
         Command::Run(arg) => run_command(arg),
         Command::Plan { config, json } => runtime.block_on(plan_command(config, json)),
         Command::Status(arg) => status_command(arg),
-        Command::Seal(_) => not_yet("issue #6"),
+        Command::Seal(arg) => seal_command(arg),
         Command::CapturePassword(args) => capture::run(args, &runtime),
         Command::Register(args) => register::run(args, &runtime),
     }
@@ -119,12 +120,57 @@ fn status_command(arg: ConfigArg) -> ExitCode {
     }
 }
 
+fn seal_command(arg: ConfigArg) -> ExitCode {
+    let Some(before) = load(&arg) else {
+        return ExitCode::from(1);
+    };
+    let fields = match forestsync::seal::seal_file(&before.path, &before.seal_key_file) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("forestsync: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // The sealed file must give back exactly the secrets the plaintext one gave.
+    let Some(after) = load(&arg) else {
+        return ExitCode::from(1);
+    };
+    let same = before.jumpcloud.api_key.expose() == after.jumpcloud.api_key.expose()
+        && before
+            .domains
+            .iter()
+            .zip(&after.domains)
+            .all(|(a, b)| a.bind_password.expose() == b.bind_password.expose());
+    if !same {
+        eprintln!(
+            "forestsync: {} no longer yields the same secrets after sealing; restore it from your backup",
+            before.path.display()
+        );
+        return ExitCode::from(1);
+    }
+    if fields.is_empty() {
+        println!(
+            "nothing to seal in {}: no plaintext secret",
+            before.path.display()
+        );
+    } else {
+        println!(
+            "sealed {} in {} (key {})",
+            fields.join(", "),
+            before.path.display(),
+            before.seal_key_file.display()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 fn run_command(arg: ConfigArg) -> ExitCode {
     let Some(config) = load(&arg) else {
         return ExitCode::from(1);
     };
     let system = actix::System::new();
     let result = system.block_on(async {
+        forestsync::seal::seal_on_start(&config);
         forestsync::wiring::start(&config).await?;
         tracing::info!(mode = %config.mode, "forestsync running");
         shutdown_signal().await;
@@ -172,9 +218,4 @@ async fn plan_command(arg: ConfigArg, json: bool) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn not_yet(issue: &str) -> ExitCode {
-    eprintln!("forestsync: this subcommand is not implemented yet ({issue})");
-    ExitCode::from(2)
 }

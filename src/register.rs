@@ -131,7 +131,7 @@ async fn register(args: &RegisterArgs, connect_key: &Secret) -> anyhow::Result<S
 
     ensure_state_dir(&config.state_dir)?;
     let creds_path = channel::credentials_path(&config.state_dir, &domain.name);
-    let key_path = channel::seal_key_path(&config.state_dir);
+    let key_path = config.seal_key_file.clone();
     if !args.force && std::fs::symlink_metadata(&creds_path).is_ok() {
         let whose = SealKey::load(&key_path)
             .ok()

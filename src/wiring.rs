@@ -207,8 +207,7 @@ pub fn agent_credentials(
     d: &DomainConfig,
     t: &ToAdConfig,
 ) -> Result<AgentCredentials, WiringError> {
-    let key = SealKey::load_or_create(&channel::seal_key_path(&config.state_dir))
-        .map_err(setup("sealing key"))?;
+    let key = SealKey::load_or_create(&config.seal_key_file).map_err(setup("sealing key"))?;
     let path = channel::credentials_path(&config.state_dir, &d.name);
     let creds = AgentCredentials::load(&path, &key)
         .map_err(setup(&format!("agent credentials {}", path.display())))?

@@ -15,6 +15,7 @@ mod import_mode;
 mod lab_dcs;
 mod password_capture;
 mod register;
+mod seal;
 mod support;
 mod sync_disruptive;
 mod sync_guard;
