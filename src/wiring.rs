@@ -35,8 +35,6 @@ use crate::config::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum WiringError {
-    #[error("mode {0} is not implemented yet; this build runs ad-authoritative and jumpcloud-authoritative")]
-    ModeNotImplemented(Mode),
     #[error("{0}")]
     Setup(String),
 }

@@ -33,7 +33,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use std::collections::BTreeMap;
 
-use crate::cloud::{JcProfile, UserUpdate};
+use crate::cloud::{state_name, JcProfile, UserUpdate};
 use crate::model::DesiredUser;
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
@@ -193,14 +193,6 @@ pub fn applied_fields(u: &DesiredUser) -> BTreeMap<String, String> {
         m.insert(k.clone(), v.clone());
     }
     m
-}
-
-fn state_name(suspended: bool) -> &'static str {
-    if suspended {
-        "SUSPENDED"
-    } else {
-        "ACTIVATED"
-    }
 }
 
 /// Fields of `applied` whose value in JumpCloud (`now`) differs: (field, JumpCloud's value, AD's).

@@ -21,6 +21,7 @@ pub use error::CloudError;
 pub use groups::{
     group_description, group_marker, AssocTarget, GraphOp, JcGroup, GROUP_ANCHOR_PREFIX,
 };
+pub(crate) use users::state_name;
 pub use users::{
     with_anchor_attribute, JcAttribute, JcUser, UserUpdate, ANCHOR_ATTRIBUTE, EXTERNAL_SOURCE_TYPE,
     PAGE_LIMIT,

@@ -216,6 +216,24 @@ impl UserUpdate {
         self == &UserUpdate::default()
     }
 
+    /// The JumpCloud fields this update writes (for logs; never their values).
+    pub fn field_names(&self) -> Vec<&str> {
+        let set = [
+            ("username", self.username.is_some()),
+            ("email", self.email.is_some()),
+            ("firstname", self.firstname.is_some()),
+            ("lastname", self.lastname.is_some()),
+            ("external_dn", self.external_dn.is_some()),
+            ("state", self.suspended.is_some()),
+            ("attributes", self.attributes.is_some()),
+        ];
+        set.into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| name)
+            .chain(self.extra.keys().map(String::as_str))
+            .collect()
+    }
+
     fn to_json(&self) -> Map<String, Value> {
         let mut body = Map::new();
         for (k, v) in &self.extra {
@@ -252,7 +270,8 @@ impl UserUpdate {
     }
 }
 
-fn state_name(suspended: bool) -> &'static str {
+/// JumpCloud's `state` for a suspension flag.
+pub(crate) fn state_name(suspended: bool) -> &'static str {
     if suspended {
         "SUSPENDED"
     } else {

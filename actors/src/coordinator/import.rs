@@ -296,12 +296,13 @@ impl ImportEngine {
         for op in &plan.ops {
             match op {
                 crate::model::Op::UpdateUser { user } => {
-                    let fields: Vec<&str> = match self
+                    let update = self
                         .expected
                         .get(&user.anchor)
                         .and_then(|l| l.applied_user.as_ref())
-                    {
-                        Some(old) => changed_fields(old, user),
+                        .map(|old| crate::cloud::UserUpdate::diff(old, user));
+                    let fields: Vec<&str> = match &update {
+                        Some(u) => u.field_names(),
                         None => vec!["all"],
                     };
                     tracing::info!(object = %op.subject(), fields = ?fields, "queued {}", op.kind());
@@ -406,39 +407,6 @@ impl ImportEngine {
             pwd_last_set,
         ))
     }
-}
-
-/// The names of the fields an update changes (for the log; never their values).
-fn changed_fields<'a>(
-    old: &'a crate::model::DesiredUser,
-    new: &'a crate::model::DesiredUser,
-) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    for (name, a, b) in [
-        ("username", &old.username, &new.username),
-        ("email", &old.email, &new.email),
-        ("firstname", &old.firstname, &new.firstname),
-        ("lastname", &old.lastname, &new.lastname),
-        ("external_dn", &old.external_dn, &new.external_dn),
-    ] {
-        if a != b {
-            out.push(name);
-        }
-    }
-    if old.suspended != new.suspended {
-        out.push("suspended");
-    }
-    for (k, v) in &new.extra {
-        if old.extra.get(k) != Some(v) {
-            out.push(k.as_str());
-        }
-    }
-    for k in old.extra.keys() {
-        if !new.extra.contains_key(k) {
-            out.push(k.as_str());
-        }
-    }
-    out
 }
 
 fn pwd_changed_users(changes: &[DirChange]) -> impl Iterator<Item = crate::model::ObjectGuid> + '_ {
