@@ -113,6 +113,103 @@ struct FileShape {
     #[serde(default)]
     passwords: PasswordsShape,
     two_way: Option<TwoWayShape>,
+    #[serde(default)]
+    telemetry: TelemetryShape,
+}
+
+/// `[telemetry]`: the ops endpoint, log format and OTLP export. Every key is optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TelemetryShape {
+    listen: Option<String>,
+    log_format: Option<String>,
+    otlp_endpoint: Option<String>,
+    otlp_ca_file: Option<PathBuf>,
+    export_interval_seconds: Option<u64>,
+}
+
+/// How log events are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal (journald, containers), text on a terminal.
+    Auto,
+    Json,
+    Text,
+}
+
+/// `[telemetry]`, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (default `127.0.0.1:9464`); `None` = off.
+    pub listen: Option<std::net::SocketAddr>,
+    pub log_format: LogFormat,
+    /// OTLP/HTTP (protobuf) base URL, e.g. `http://collector:4318`; `None` = the standard
+    /// `OTEL_EXPORTER_OTLP_*ENDPOINT` variables decide, and without them nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// Extra CA for an https OTLP endpoint (the system's web roots are always trusted).
+    pub otlp_ca_file: Option<PathBuf>,
+    /// How often metrics are pushed over OTLP.
+    pub export_interval: std::time::Duration,
+}
+
+/// The ops endpoint's default address: loopback, so nothing is exposed unless asked.
+pub const DEFAULT_TELEMETRY_LISTEN: &str = "127.0.0.1:9464";
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            listen: DEFAULT_TELEMETRY_LISTEN.parse().ok(),
+            log_format: LogFormat::Auto,
+            otlp_endpoint: None,
+            otlp_ca_file: None,
+            export_interval: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+impl TelemetryShape {
+    fn resolve(
+        self,
+        relative: &dyn Fn(PathBuf) -> PathBuf,
+        problems: &mut Vec<String>,
+    ) -> TelemetryConfig {
+        let mut t = TelemetryConfig::default();
+        if let Some(l) = self.listen {
+            if l == "off" {
+                t.listen = None;
+            } else {
+                match l.parse() {
+                    Ok(addr) => t.listen = Some(addr),
+                    Err(_) => problems.push(format!("telemetry.listen {l:?} is not an address:port; fix: e.g. \"127.0.0.1:9464\" (\"0.0.0.0:9464\" in a pod), or \"off\"")),
+                }
+            }
+        }
+        if let Some(f) = self.log_format {
+            match f.as_str() {
+                "auto" => t.log_format = LogFormat::Auto,
+                "json" => t.log_format = LogFormat::Json,
+                "text" => t.log_format = LogFormat::Text,
+                _ => problems.push(format!("telemetry.log_format {f:?} is not known; fix: \"auto\" (JSON unless on a terminal), \"json\" or \"text\"")),
+            }
+        }
+        if let Some(e) = self.otlp_endpoint {
+            match url::Url::parse(&e) {
+                Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
+                    t.otlp_endpoint = Some(e)
+                }
+                _ => problems.push(format!("telemetry.otlp_endpoint {e:?} is not an http(s) URL; fix: the collector's OTLP/HTTP address, e.g. \"http://collector:4318\"")),
+            }
+        }
+        t.otlp_ca_file = self.otlp_ca_file.map(relative);
+        if let Some(s) = self.export_interval_seconds {
+            if s == 0 {
+                problems.push("telemetry.export_interval_seconds must be at least 1".into());
+            } else {
+                t.export_interval = std::time::Duration::from_secs(s);
+            }
+        }
+        t
+    }
 }
 
 /// `[two_way]`: authority rules of mode `two-way`.
@@ -297,6 +394,8 @@ pub struct Config {
     pub two_way: TwoWayConfig,
     /// The key that seals secrets in this file and the agent credentials (see [`seal_key_file`]).
     pub seal_key_file: PathBuf,
+    /// `[telemetry]` (defaults when absent).
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug)]
@@ -674,6 +773,8 @@ impl Config {
             }
         }
 
+        let telemetry = shape.telemetry.resolve(&relative, &mut problems);
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.into(),
@@ -699,6 +800,7 @@ impl Config {
             passwords,
             two_way,
             seal_key_file,
+            telemetry,
         })
     }
 }

@@ -11,6 +11,7 @@
 //! - [`sealed`]: sealing secrets at rest (the installation's seal key, `fs1:` values).
 //! - [`store`]: the durable store (redb): snapshots + watermarks per domain, outbox, quarantine, links, meta.
 //! - [`executor`]: runs queued JumpCloud operations idempotently through one rate limiter, with retries.
+//! - [`health`]: live health (DC reachability and the DC in use, API key accepted, last sync per direction).
 //! - [`password`]: password capture (hook rules, socket, encrypted spool) and commit confirmation.
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod directory;
 pub mod disposition;
 pub mod domain;
 pub mod executor;
+pub mod health;
 pub mod model;
 pub mod password;
 pub mod plan;
