@@ -5,6 +5,7 @@ pub mod capture;
 pub mod check;
 pub mod config;
 pub mod dry_run;
+pub mod ops_http;
 pub mod register;
 pub mod seal;
 pub mod status;

@@ -55,6 +55,10 @@ struct ConfigArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run(arg) = cli.command {
+        // `run` sets up its own logs, traces and metrics from the config file.
+        return run_command(arg);
+    }
     telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -68,7 +72,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(arg) => runtime.block_on(check_command(arg)),
-        Command::Run(arg) => run_command(arg),
+        Command::Run(_) => ExitCode::SUCCESS,
         Command::Plan { config, json } => runtime.block_on(plan_command(config, json)),
         Command::Status(arg) => status_command(arg),
         Command::Seal(arg) => seal_command(arg),
@@ -168,15 +172,31 @@ fn run_command(arg: ConfigArg) -> ExitCode {
     let Some(config) = load(&arg) else {
         return ExitCode::from(1);
     };
+    // Before the runtime: the OTLP client is a blocking one with its own thread.
+    let telemetry = match telemetry::init_agent(&config.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("forestsync: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let system = actix::System::new();
     let result = system.block_on(async {
         forestsync::seal::seal_on_start(&config);
+        if let Some(addr) = config.telemetry.listen {
+            let bound = forestsync::ops_http::serve(addr, telemetry.metrics())
+                .await
+                .map_err(|e| forestsync::wiring::WiringError::Setup(e.to_string()))?;
+            tracing::info!(%bound, "ops endpoint: /metrics, /healthz, /readyz");
+        }
         forestsync::wiring::start(&config).await?;
         tracing::info!(mode = %config.mode, "forestsync running");
         shutdown_signal().await;
         tracing::info!("shutting down");
         Ok::<(), forestsync::wiring::WiringError>(())
     });
+    drop(system);
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
