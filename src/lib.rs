@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod check;
 pub mod config;
+pub mod config_reference;
 pub mod dry_run;
 pub mod ops_http;
 pub mod register;

@@ -44,6 +44,8 @@ enum Command {
     /// Register this agent for one domain's JumpCloud AD instance using a one-time connect key;
     /// the agent's credentials are stored sealed under state_dir.
     Register(register::RegisterArgs),
+    /// Print the config file reference (every section and key, type, default, meaning) as Markdown.
+    ConfigReference,
 }
 
 #[derive(clap::Args)]
@@ -78,6 +80,10 @@ fn main() -> ExitCode {
         Command::Seal(arg) => seal_command(arg),
         Command::CapturePassword(args) => capture::run(args, &runtime),
         Command::Register(args) => register::run(args, &runtime),
+        Command::ConfigReference => {
+            print!("{}", forestsync::config_reference::render());
+            ExitCode::SUCCESS
+        }
     }
 }
 
