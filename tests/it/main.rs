@@ -21,4 +21,5 @@ mod support;
 mod sync_disruptive;
 mod sync_guard;
 mod sync_mode;
+mod telemetry;
 mod two_way;
