@@ -7,6 +7,7 @@ pub mod config;
 pub mod config_reference;
 pub mod dry_run;
 pub mod ops_http;
+pub mod progress_line;
 pub mod register;
 pub mod seal;
 pub mod status;

@@ -201,6 +201,9 @@ fn run_command(arg: ConfigArg) -> ExitCode {
             }
         }
         forestsync::wiring::start(&config).await?;
+        if config.mode != forestsync::config::Mode::JumpcloudAuthoritative {
+            forestsync::progress_line::spawn(config.domains.len());
+        }
         tracing::info!(mode = %config.mode, "forestsync running");
         shutdown_signal().await;
         tracing::info!("shutting down");

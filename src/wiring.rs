@@ -265,6 +265,7 @@ pub fn agent_credentials(
 /// domain), all supervised.
 async fn start_jumpcloud_authoritative(config: &Config) -> Result<(), WiringError> {
     let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
+    forestsync_actors::metrics::observe_outbox(store.clone());
     let executor = Executor::new(
         cloud_client(config)?,
         store.clone(),
@@ -337,6 +338,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
         Mode::TwoWay => return start_two_way(config).await,
     }
     let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
+    forestsync_actors::metrics::observe_outbox(store.clone());
     let executor = Executor::new(
         cloud_client(config)?,
         store.clone(),
@@ -350,6 +352,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
 /// JumpCloud-owned objects changed in AD.
 async fn start_two_way(config: &Config) -> Result<(), WiringError> {
     let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
+    forestsync_actors::metrics::observe_outbox(store.clone());
     let two_way = TwoWay::new(
         TwoWaySettings {
             default_password_authority: config.two_way.password_authority,

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod model;
 pub mod password;
 pub mod plan;
+pub mod progress;
 pub mod sealed;
 pub mod secret;
 pub mod store;

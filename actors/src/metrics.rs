@@ -245,3 +245,17 @@ impl Drop for Queued {
         get().queue.add(-1, &[KeyValue::new("actor", self.0)]);
     }
 }
+
+/// The outbox depth as a gauge (operations queued for JumpCloud, not yet written), read from the
+/// store when metrics are collected.
+pub fn observe_outbox(store: crate::store::Store) {
+    let _ = meter()
+        .u64_observable_gauge("forestsync.outbox.pending")
+        .with_description("Operations queued for JumpCloud and not yet written")
+        .with_callback(move |obs| {
+            if let Ok(n) = store.pending_count() {
+                obs.observe(n, &[]);
+            }
+        })
+        .build();
+}

@@ -302,6 +302,7 @@ const METRICS: &[&str] = &[
     "forestsync.sync.lag",
     "forestsync.scope.objects",
     "forestsync.ldap.search.duration",
+    "forestsync.outbox.pending",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

@@ -544,6 +544,10 @@ impl Handler<DomainBatch> for ImportCoordinator {
             self.engine.apply_batch(&batch).map_err(|e| e.to_string())?
         };
         plan_span.record("ops", outcome.ops);
+        if batch.full {
+            crate::progress::read_full(batch.changes.len());
+        }
+        crate::progress::planned(outcome.ops);
         tracing::info!(
             domain = %batch.domain,
             dc = %batch.dc_url,

@@ -202,6 +202,7 @@ impl Executor {
                             crate::health::Direction::AdToJumpcloud,
                             op.kind(),
                         );
+                        crate::progress::written();
                         report.completed += 1;
                         tracing::debug!(seq, "operation completed");
                     }
@@ -216,6 +217,7 @@ impl Executor {
                             tracing::warn!(seq, error = %text, "operation quarantined");
                             let t = text.clone();
                             self.blocking(move |s| s.quarantine_op(seq, &t)).await?;
+                            crate::progress::written();
                             report.quarantined.push((seq, text));
                         }
                         Disposition::Fatal => {
