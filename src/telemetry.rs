@@ -242,6 +242,7 @@ pub fn init_agent(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError>
     // Spans of forestsync's own crates at info and above are traced, whatever the log filter says.
     let otel = tracer.as_ref().map(|provider| {
         opentelemetry::global::set_tracer_provider(provider.clone());
+        forestsync_actors::change_trace::enable();
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("forestsync"))
             .with_filter(EnvFilter::new("forestsync=info,forestsync_actors=info"))

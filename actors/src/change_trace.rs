@@ -7,10 +7,19 @@
 //! runs the operation, API requests included, inside it. So a trace is one change, not one actor's
 //! lifetime, and the batch (LDAP search, plan) is one link away.
 //!
-//! Only spans that are enabled (an OTLP export is configured) are parked, at most [`MAX_PARKED`]
-//! at a time; an operation without a parked span gets a fresh root span when it runs.
+//! Spans are parked only once the binary has called [`enable`] (an OTLP export is configured), at
+//! most [`MAX_PARKED`] at a time; an operation without a parked span gets a fresh root span when it
+//! runs.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Traces are exported: park each operation's span between planning and writing.
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
 
 use dashmap::DashMap;
 use tracing::Span;
@@ -39,7 +48,7 @@ fn change_span(domain: &str, seq: u64, op: &Op) -> Span {
 
 /// Opens the change span of each committed operation, linked to `batch` (the read-and-plan span).
 pub fn planned(domain: &str, batch: &Span, ops: impl IntoIterator<Item = (u64, Op)>) {
-    if batch.is_disabled() {
+    if batch.is_disabled() || !ENABLED.load(Ordering::Relaxed) {
         return;
     }
     let map = parked();
