@@ -1,10 +1,12 @@
 //! The forestsync program: configuration, the subcommands, telemetry set-up, wiring of the engine
 //! (`forestsync-actors`). The binary in `main.rs` is only argument parsing on top of this.
 
+pub mod admin;
 pub mod capture;
 pub mod check;
 pub mod config;
 pub mod dry_run;
+pub mod explain;
 pub mod register;
 pub mod seal;
 pub mod status;

@@ -227,10 +227,18 @@ pub fn agent_credentials(
     Ok(creds)
 }
 
+/// Opens the state store and starts the admin socket on it (`forestsync status`/`explain` while the
+/// agent runs); every mode goes through here.
+fn open_store(config: &Config) -> Result<Store, WiringError> {
+    let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
+    crate::admin::start_agent_server(config, store.clone()).map_err(setup("admin socket"))?;
+    Ok(store)
+}
+
 /// Starts the jumpcloud-authoritative mode: DC actors per domain, the sync coordinator (one engine per
 /// domain), all supervised.
 async fn start_jumpcloud_authoritative(config: &Config) -> Result<(), WiringError> {
-    let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
+    let store = open_store(config)?;
     let executor = Executor::new(
         cloud_client(config)?,
         store.clone(),
@@ -302,7 +310,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
         Mode::JumpcloudAuthoritative => return start_jumpcloud_authoritative(config).await,
         Mode::TwoWay => return start_two_way(config).await,
     }
-    let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
+    let store = open_store(config)?;
     let executor = Executor::new(
         cloud_client(config)?,
         store.clone(),
@@ -315,7 +323,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
 /// authority rules and the echo ledger; the AD reader tells the JumpCloud → AD engines which
 /// JumpCloud-owned objects changed in AD.
 async fn start_two_way(config: &Config) -> Result<(), WiringError> {
-    let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
+    let store = open_store(config)?;
     let two_way = TwoWay::new(
         TwoWaySettings {
             default_password_authority: config.two_way.password_authority,

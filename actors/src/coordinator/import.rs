@@ -277,6 +277,7 @@ impl ImportEngine {
         let new_wm = Watermark {
             dirsync_cookie: batch.to.clone(),
             dc_usns,
+            taken_unix: crate::health::now_unix(),
         };
         if let Err(e) = self.store.commit_batch(
             domain,
