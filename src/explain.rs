@@ -53,8 +53,8 @@ pub struct Explanation {
     /// What matched the query (`sAMAccountName`, `DN`, `JumpCloud username` …).
     pub matched_by: String,
     pub in_scope: bool,
-    /// Root group → … → the user (display names; ` (primary group)` marks primaryGroupID membership).
-    pub scope_path: Vec<String>,
+    /// Root group → … → the user (empty when the user is not reached from the root group).
+    pub scope_path: Vec<PathStep>,
     /// Why it is in scope, or why not, one reason a line.
     pub scope: Vec<String>,
     /// Enabled/disabled in AD and what that means in JumpCloud.
@@ -71,6 +71,16 @@ pub struct Explanation {
     /// JumpCloud → AD meta for the user's JumpCloud id (`error`, `managed`, `base`, passwords).
     pub to_ad: Vec<String>,
     pub two_way_records: Vec<String>,
+}
+
+/// One object on the membership path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathStep {
+    /// sAMAccountName (or name, or the DN when neither is stored).
+    pub name: String,
+    pub dn: String,
+    /// A member of the previous step by primaryGroupID (AD does not list it in `member`).
+    pub primary_group: bool,
 }
 
 /// Builds the report for `query` from the store.
@@ -370,9 +380,10 @@ fn scope_of(
         {
             if let Some(p) = path_to(snap, g.guid, o.guid) {
                 e.scope.push(format!(
-                    "member of the protected group {} ({})",
-                    display(g),
-                    p.join(" → ")
+                    "member of the protected group {} [{}]: {}",
+                    short_name(g),
+                    g.dn,
+                    path_text(&p)
                 ));
             }
         }
@@ -392,7 +403,7 @@ fn scope_of(
 }
 
 /// The shortest membership path `from` (a group) → … → `to`, as display names.
-fn path_to(snap: &DomainSnapshot, from: ObjectGuid, to: ObjectGuid) -> Option<Vec<String>> {
+fn path_to(snap: &DomainSnapshot, from: ObjectGuid, to: ObjectGuid) -> Option<Vec<PathStep>> {
     let primary = snap.users_by_primary_group();
     let mut parent: HashMap<ObjectGuid, (ObjectGuid, bool)> = HashMap::new();
     let mut queue = VecDeque::from([from]);
@@ -417,11 +428,13 @@ fn path_to(snap: &DomainSnapshot, from: ObjectGuid, to: ObjectGuid) -> Option<Ve
                     let mut at = to;
                     loop {
                         let o = snap.get(&at);
-                        let mut name = o.map(display).unwrap_or_else(|| at.to_string());
-                        if let Some((_, true)) = parent.get(&at) {
-                            name.push_str(" (primary group)");
-                        }
-                        out.push(name);
+                        out.push(PathStep {
+                            name: o
+                                .map(|o| short_name(o).to_owned())
+                                .unwrap_or_else(|| at.to_string()),
+                            dn: o.map(|o| o.dn.clone()).unwrap_or_default(),
+                            primary_group: matches!(parent.get(&at), Some((_, true))),
+                        });
                         match parent.get(&at) {
                             Some((p, _)) => at = *p,
                             None => break,
@@ -439,19 +452,34 @@ fn path_to(snap: &DomainSnapshot, from: ObjectGuid, to: ObjectGuid) -> Option<Ve
     None
 }
 
-fn display(o: &AdObject) -> String {
-    let name = o.first("samaccountname").or_else(|| o.first("name"));
-    match name {
-        Some(n) => format!("{n} [{}]", o.dn),
-        None => o.dn.clone(),
-    }
+fn short_name(o: &AdObject) -> &str {
+    o.first("samaccountname")
+        .or_else(|| o.first("name"))
+        .unwrap_or(&o.dn)
+}
+
+/// `a → b → c (primary group)`.
+fn path_text(path: &[PathStep]) -> String {
+    path.iter()
+        .map(|p| {
+            if p.primary_group {
+                format!("{} (primary group)", p.name)
+            } else {
+                p.name.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" → ")
 }
 
 fn authority(config: &Config, in_scope: bool, marker_id: Option<&str>) -> Vec<String> {
     match config.mode {
-        Mode::AdAuthoritative => vec![
+        Mode::AdAuthoritative if in_scope => vec![
             "mode ad-authoritative: AD owns the user; forestsync writes it to JumpCloud".into(),
             "password: from AD (captured on the DCs), never from JumpCloud".into(),
+        ],
+        Mode::AdAuthoritative => vec![
+            "mode ad-authoritative: AD owns the user, but it is out of scope: forestsync does not write it to JumpCloud (a linked JumpCloud user gets the domain's leave-scope action)".into(),
         ],
         Mode::JumpcloudAuthoritative => vec![
             "mode jumpcloud-authoritative: JumpCloud owns the user; forestsync writes it into AD"
@@ -600,7 +628,10 @@ pub fn render(r: &ExplainReport, out: &mut dyn Write) -> Result<(), ExplainError
         }
         writeln!(out, "  in scope: {}", if e.in_scope { "yes" } else { "no" })?;
         if !e.scope_path.is_empty() {
-            writeln!(out, "  path: {}", e.scope_path.join(" → "))?;
+            writeln!(out, "  path: {}", path_text(&e.scope_path))?;
+            for step in &e.scope_path {
+                writeln!(out, "    {}: {}", step.name, step.dn)?;
+            }
         }
         for s in &e.scope {
             writeln!(out, "    {s}")?;
@@ -637,4 +668,310 @@ fn section(out: &mut dyn Write, label: &str, lines: &[String]) -> std::io::Resul
         writeln!(out, "    {l}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
+
+    use forestsync_actors::model::{
+        AdObject, Anchor, DesiredUser, Link, LinkEffect, ObjectGuid, ObjectKind, Op, Watermark,
+    };
+    use forestsync_actors::store::Store;
+
+    use super::*;
+
+    const SEC: &str = "-2147483646";
+
+    fn guid(n: u8) -> ObjectGuid {
+        ObjectGuid::from_bytes(&[n; 16]).unwrap()
+    }
+
+    fn object(
+        n: u8,
+        kind: ObjectKind,
+        cn: &str,
+        attrs: &[(&str, &str)],
+        members: &[u8],
+    ) -> AdObject {
+        let mut map: BTreeMap<String, Vec<String>> = attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+            .collect();
+        map.entry("samaccountname".into())
+            .or_insert(vec![cn.into()]);
+        AdObject {
+            guid: guid(n),
+            kind,
+            dn: format!("CN={cn},OU=ADI,DC=alpha,DC=test"),
+            attrs: map,
+            members: members.iter().map(|m| guid(*m)).collect(),
+            unresolved_members: BTreeSet::new(),
+            rid: Some(1000 + u32::from(n)),
+        }
+    }
+
+    fn config(dir: &Path, mode: &str) -> Config {
+        let text = format!(
+            r#"mode = "{mode}"
+state_dir = "{state}"
+[jumpcloud]
+base_url = "https://127.0.0.1:8443"
+api_key = "k-123"
+[[domain]]
+name = "alpha"
+dcs = ["ldaps://127.0.0.2"]
+bind_dn = "CN=svc,DC=alpha,DC=test"
+bind_password = "s3cret-Pw"
+base_dn = "DC=alpha,DC=test"
+{extra}
+"#,
+            state = dir.display(),
+            extra = if mode == "jumpcloud-authoritative" {
+                "ad_instance_id = \"5f0000000000000000000001\"\ntarget_ou = \"OU=JC,DC=alpha,DC=test\""
+            } else {
+                "root_group_dn = \"CN=Root,OU=ADI,DC=alpha,DC=test\""
+            }
+        );
+        Config::parse(&dir.join("c.toml"), &text).unwrap()
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "forestsync-explain-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Root ⊃ L1 ⊃ L2; `ann` in L1, `pat` in L2 by primary group only, `adm` (adminCount=1) and the
+    /// protected group DA (⊃ `dan`) in Root, `jcu` (JumpCloud marker) in Root, `out` nowhere.
+    fn world(store: &Store) {
+        let user = ObjectKind::User;
+        let group = ObjectKind::Group;
+        let objects = vec![
+            object(1, group, "Root", &[("grouptype", SEC)], &[2, 20, 5, 7]),
+            object(2, group, "L1", &[("grouptype", SEC)], &[3, 10]),
+            object(3, group, "L2", &[("grouptype", SEC)], &[]),
+            object(
+                20,
+                group,
+                "DA",
+                &[("grouptype", SEC), ("admincount", "1")],
+                &[21],
+            ),
+            object(
+                10,
+                user,
+                "ann",
+                &[
+                    ("userprincipalname", "ann@alpha.test"),
+                    ("mail", "ann@x.test"),
+                    ("givenname", "Ann"),
+                    ("sn", "A"),
+                ],
+                &[],
+            ),
+            // L2's rid is 1003.
+            object(
+                11,
+                user,
+                "pat",
+                &[
+                    ("primarygroupid", "1003"),
+                    ("useraccountcontrol", "546"),
+                    ("mail", "pat@x.test"),
+                    ("givenname", "Pat"),
+                    ("sn", "P"),
+                ],
+                &[],
+            ),
+            object(5, user, "adm", &[("admincount", "1")], &[]),
+            object(21, user, "dan", &[], &[]),
+            object(
+                7,
+                user,
+                "jcu",
+                &[("admindescription", "forestsync:jc=jc-777")],
+                &[],
+            ),
+            object(8, user, "out", &[], &[]),
+        ];
+        let wm = Watermark {
+            taken_unix: 1_795_689_075,
+            ..Watermark::default()
+        };
+        let anchor = |n| Anchor {
+            domain: "alpha".into(),
+            guid: guid(n),
+        };
+        let ann = DesiredUser {
+            anchor: anchor(10),
+            username: "ann.jc".into(),
+            email: "ann@x.test".into(),
+            firstname: "Ann".into(),
+            lastname: "A".into(),
+            extra: BTreeMap::new(),
+            suspended: false,
+            external_dn: "CN=ann,OU=ADI,DC=alpha,DC=test".into(),
+        };
+        let ops = vec![
+            Op::CreateUser { user: ann.clone() },
+            Op::AddMember {
+                group: anchor(2),
+                user: anchor(10),
+            },
+            Op::UpdateUser { user: ann.clone() },
+        ];
+        let seqs = store
+            .commit_batch("alpha", None, &wm, &objects, &[], &ops)
+            .unwrap();
+        store
+            .complete_op(
+                seqs[0],
+                &LinkEffect::Upsert(Link {
+                    anchor: anchor(10),
+                    kind: ObjectKind::User,
+                    jumpcloud_id: "jc-ann".into(),
+                    applied_user: Some(ann),
+                    applied_group_name: None,
+                    applied_members: BTreeSet::new(),
+                }),
+            )
+            .unwrap();
+        store.quarantine_op(seqs[2], "400 email taken").unwrap();
+        store
+            .set_meta(
+                "to_ad/alpha/error/jc-777",
+                "AD refused: constraint violation",
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn explains_scope_paths_exclusions_links_and_queues() {
+        let dir = temp_dir("x");
+        let config = config(&dir, "ad-authoritative");
+        let store = Store::open(&dir).unwrap();
+        world(&store);
+        let one = |q: &str| {
+            let r = explain(&config, &store, q).unwrap();
+            assert_eq!(r.matches.len(), 1, "{q}: {r:?}");
+            r.matches.into_iter().next().unwrap()
+        };
+
+        // By sAMAccountName, UPN, JumpCloud username, JumpCloud id and DN: the same user.
+        for q in [
+            "ann",
+            "ANN@alpha.test",
+            "ann.jc",
+            "jc-ann",
+            "cn=ann,ou=adi,dc=alpha,dc=test",
+        ] {
+            assert_eq!(one(q).object_guid, Some(guid(10).to_string()), "{q}");
+        }
+        let ann = one("ann");
+        assert!(ann.in_scope);
+        let names: Vec<_> = ann.scope_path.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["Root", "L1", "ann"]);
+        assert_eq!(ann.jumpcloud_id.as_deref(), Some("jc-ann"));
+        assert!(
+            ann.last_applied.contains(&"username ann.jc".to_owned()),
+            "{ann:?}"
+        );
+        assert_eq!(ann.pending.len(), 1, "{ann:?}");
+        assert!(ann.pending[0].contains("add member to group L1"), "{ann:?}");
+        assert_eq!(ann.quarantined.len(), 1, "{ann:?}");
+        assert!(ann.quarantined[0].contains("400 email taken"), "{ann:?}");
+
+        // Primary group membership counts, and is marked; disabled is shown.
+        let pat = one("pat");
+        assert!(pat.in_scope);
+        assert_eq!(pat.scope_path.len(), 4);
+        assert!(pat.scope_path[3].primary_group && !pat.scope_path[2].primary_group);
+        assert!(pat
+            .state
+            .as_deref()
+            .unwrap_or_default()
+            .contains("disabled"));
+
+        let adm = one("adm");
+        assert!(!adm.in_scope);
+        assert!(
+            adm.scope.iter().any(|s| s.contains("privileged")),
+            "{adm:?}"
+        );
+
+        let dan = one("dan");
+        assert!(!dan.in_scope);
+        assert!(
+            dan.scope.iter().any(|s| s.contains("protected group DA")),
+            "{dan:?}"
+        );
+
+        let jcu = one("jcu");
+        assert!(!jcu.in_scope);
+        assert_eq!(jcu.jumpcloud_id.as_deref(), Some("jc-777"));
+        assert!(jcu.scope.iter().any(|s| s.contains("JumpCloud")), "{jcu:?}");
+        assert!(
+            jcu.to_ad.iter().any(|s| s.contains("constraint violation")),
+            "{jcu:?}"
+        );
+
+        let out = one("out");
+        assert!(!out.in_scope && out.scope_path.is_empty());
+        assert!(
+            out.scope
+                .iter()
+                .any(|s| s.contains("not a member of the root group")),
+            "{out:?}"
+        );
+
+        assert!(explain(&config, &store, "nobody")
+            .unwrap()
+            .matches
+            .is_empty());
+        assert!(explain(&config, &store, "  ").unwrap().matches.is_empty());
+        let mut text = Vec::new();
+        render(&explain(&config, &store, "pat").unwrap(), &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("path: Root → L1 → L2 → pat (primary group)"),
+            "{text}"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_jumpcloud_user_written_into_ad_is_explained_from_the_to_ad_meta() {
+        let dir = temp_dir("jc");
+        let config = config(&dir, "jumpcloud-authoritative");
+        let store = Store::open(&dir).unwrap();
+        store
+            .set_meta("to_ad/alpha/managed/jc-1", "CN=zoe,OU=JC,DC=alpha,DC=test")
+            .unwrap();
+        store
+            .set_meta("to_ad/alpha/password_rejected/jc-1", "4\ttoo short")
+            .unwrap();
+        for q in ["zoe", "jc-1", "CN=zoe,OU=JC,DC=alpha,DC=test"] {
+            let r = explain(&config, &store, q).unwrap();
+            assert_eq!(r.matches.len(), 1, "{q}");
+            let m = &r.matches[0];
+            assert_eq!(m.jumpcloud_id.as_deref(), Some("jc-1"));
+            assert!(m.to_ad.iter().any(|s| s.contains("too short")), "{m:?}");
+            assert!(
+                m.authority.iter().any(|s| s.contains("JumpCloud owns")),
+                "{m:?}"
+            );
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -539,4 +539,92 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<StatusReport>(&text).unwrap(), r);
     }
+
+    #[test]
+    fn collect_merges_the_store_with_live_health() {
+        use forestsync_actors::health::{DcHealth, DomainHealth};
+        use forestsync_actors::model::{Anchor, ObjectGuid, RemoveAction, Watermark};
+        use std::collections::BTreeMap;
+
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("forestsync-status-{}-{nanos}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "mode = \"ad-authoritative\"\nstate_dir = \"{}\"\n[jumpcloud]\nbase_url = \"https://127.0.0.1:8443\"\napi_key = \"k\"\n[[domain]]\nname = \"alpha\"\ndcs = [\"ldaps://dc1\", \"ldaps://dc2\"]\nbind_dn = \"CN=svc,DC=a\"\nbind_password = \"p\"\nbase_dn = \"DC=a\"\nroot_group_dn = \"CN=Root,DC=a\"\n",
+            dir.display()
+        );
+        let config = Config::parse(&dir.join("c.toml"), &text).unwrap();
+        let store = Store::open(&dir).unwrap();
+        let anchor = |n: u8| Anchor {
+            domain: "alpha".into(),
+            guid: ObjectGuid::from_bytes(&[n; 16]).unwrap(),
+        };
+        let remove = |n| Op::RemoveUser {
+            anchor: anchor(n),
+            action: RemoveAction::Suspend,
+        };
+        let wm = Watermark {
+            taken_unix: 900,
+            ..Watermark::default()
+        };
+        let seqs = store
+            .commit_batch(
+                "alpha",
+                None,
+                &wm,
+                &[],
+                &[],
+                &[remove(1), remove(2), remove(3)],
+            )
+            .unwrap();
+        store.quarantine_op(seqs[1], "404 gone").unwrap();
+
+        let stopped = collect(&config, &store, None, 1_000).unwrap();
+        let d = &stopped.domains[0];
+        assert!(stopped.live.is_none());
+        assert_eq!(d.watermark_taken_unix, Some(900));
+        assert_eq!(d.pending_count, 2);
+        assert_eq!(d.quarantined.len(), 1);
+        assert_eq!(d.quarantined[0].error, "404 gone");
+        assert_eq!(d.dcs.iter().map(|x| x.up).collect::<Vec<_>>(), [None, None]);
+
+        let health = HealthSnapshot {
+            started_unix: 10,
+            api: ApiHealth::Ok { since_unix: 11 },
+            domains: vec![DomainHealth {
+                name: "alpha".into(),
+                in_use: Some("ldaps://dc2".into()),
+                dcs: vec![
+                    DcHealth {
+                        url: "ldaps://dc1".into(),
+                        up: Some(false),
+                        since_unix: 20,
+                        error: Some("timeout".into()),
+                    },
+                    DcHealth {
+                        url: "ldaps://dc2".into(),
+                        up: Some(true),
+                        since_unix: 21,
+                        error: None,
+                    },
+                ],
+                last_sync_unix: BTreeMap::from([(Direction::AdToJumpcloud, 990)]),
+            }],
+        };
+        let live = collect(&config, &store, Some(health), 1_000).unwrap();
+        let d = &live.domains[0];
+        assert_eq!(d.dc_in_use.as_deref(), Some("ldaps://dc2"));
+        assert_eq!(d.dcs[0].up, Some(false));
+        assert_eq!(d.dcs[0].error.as_deref(), Some("timeout"));
+        assert_eq!(d.dcs[1].up, Some(true));
+        assert_eq!(d.last_sync, vec![(Direction::AdToJumpcloud, Some(990))]);
+        assert_eq!(live.live.as_ref().map(|l| l.started_unix), Some(10));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -229,8 +229,19 @@ pub fn agent_credentials(
 
 /// Opens the state store and starts the admin socket on it (`forestsync status`/`explain` while the
 /// agent runs); every mode goes through here.
-fn open_store(config: &Config) -> Result<Store, WiringError> {
-    let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
+/// A store held by another process is waited for this long (a `status` or `explain` reading it
+/// while the agent was stopped holds it for well under a second).
+async fn open_store(config: &Config) -> Result<Store, WiringError> {
+    let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
+    let store = loop {
+        match Store::open(&config.state_dir) {
+            Ok(s) => break s,
+            Err(e) if e.is_locked() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(setup("state store")(e)),
+        }
+    };
     crate::admin::start_agent_server(config, store.clone()).map_err(setup("admin socket"))?;
     Ok(store)
 }
@@ -238,7 +249,7 @@ fn open_store(config: &Config) -> Result<Store, WiringError> {
 /// Starts the jumpcloud-authoritative mode: DC actors per domain, the sync coordinator (one engine per
 /// domain), all supervised.
 async fn start_jumpcloud_authoritative(config: &Config) -> Result<(), WiringError> {
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let executor = Executor::new(
         cloud_client(config)?,
         store.clone(),
@@ -299,6 +310,9 @@ fn start_to_ad(
     Ok(())
 }
 
+/// How long the agent waits at start for a store another process holds.
+pub const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// How long one AD request may take before the domain fails over (a member write of 500 values
 /// included).
 pub const DIRECTORY_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -310,7 +324,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
         Mode::JumpcloudAuthoritative => return start_jumpcloud_authoritative(config).await,
         Mode::TwoWay => return start_two_way(config).await,
     }
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let executor = Executor::new(
         cloud_client(config)?,
         store.clone(),
@@ -323,7 +337,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
 /// authority rules and the echo ledger; the AD reader tells the JumpCloud → AD engines which
 /// JumpCloud-owned objects changed in AD.
 async fn start_two_way(config: &Config) -> Result<(), WiringError> {
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let two_way = TwoWay::new(
         TwoWaySettings {
             default_password_authority: config.two_way.password_authority,
