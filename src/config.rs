@@ -101,7 +101,7 @@ pub enum UsernameCollision {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileShape {
+pub(crate) struct FileShape {
     mode: Mode,
     state_dir: Option<PathBuf>,
     seal_key_file: Option<PathBuf>,
@@ -315,7 +315,7 @@ struct PasswordsShape {
 /// What `forestsync capture-password` reads: only `state_dir`, `[passwords]` and the domain names,
 /// so a hook on a DC never needs (or fails on) the agent's secrets.
 #[derive(Deserialize)]
-struct HookFileShape {
+pub(crate) struct HookFileShape {
     state_dir: Option<PathBuf>,
     #[serde(default)]
     passwords: PasswordsShape,

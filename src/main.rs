@@ -64,6 +64,8 @@ enum Command {
     /// Register this agent for one domain's JumpCloud AD instance using a one-time connect key;
     /// the agent's credentials are stored sealed under state_dir.
     Register(register::RegisterArgs),
+    /// Print the config file reference (every section and key, type, default, meaning) as Markdown.
+    ConfigReference,
 }
 
 #[derive(clap::Args)]
@@ -75,6 +77,10 @@ struct ConfigArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run(arg) = cli.command {
+        // `run` sets up its own logs, traces and metrics from the config file.
+        return run_command(arg);
+    }
     telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -88,13 +94,17 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(arg) => runtime.block_on(check_command(arg)),
-        Command::Run(arg) => run_command(arg),
+        Command::Run(_) => ExitCode::SUCCESS,
         Command::Plan { config, json } => runtime.block_on(plan_command(config, json)),
         Command::Status { config, json } => status_command(config, json),
         Command::Explain { config, user, json } => explain_command(config, &user, json),
         Command::Seal(arg) => seal_command(arg),
         Command::CapturePassword(args) => capture::run(args, &runtime),
         Command::Register(args) => register::run(args, &runtime),
+        Command::ConfigReference => {
+            print!("{}", forestsync::config_reference::render());
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -250,15 +260,31 @@ fn run_command(arg: ConfigArg) -> ExitCode {
     let Some(config) = load(&arg) else {
         return ExitCode::from(1);
     };
+    // Before the runtime: the OTLP client is a blocking one with its own thread.
+    let telemetry = match telemetry::init_agent(&config.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("forestsync: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let system = actix::System::new();
     let result = system.block_on(async {
         forestsync::seal::seal_on_start(&config);
+        if let Some(addr) = config.telemetry.listen {
+            let bound = forestsync::ops_http::serve(addr, telemetry.metrics())
+                .await
+                .map_err(|e| forestsync::wiring::WiringError::Setup(e.to_string()))?;
+            tracing::info!(%bound, "ops endpoint: /metrics, /healthz, /readyz");
+        }
         forestsync::wiring::start(&config).await?;
         tracing::info!(mode = %config.mode, "forestsync running");
         shutdown_signal().await;
         tracing::info!("shutting down");
         Ok::<(), forestsync::wiring::WiringError>(())
     });
+    drop(system);
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -32,7 +32,7 @@ pub enum SealFileError {
 }
 
 #[derive(Deserialize)]
-struct SecretsShape {
+pub(crate) struct SecretsShape {
     jumpcloud: Option<JumpCloudSecrets>,
     #[serde(rename = "domain", default)]
     domains: Vec<DomainSecrets>,

@@ -167,7 +167,41 @@ fn start_dcs(d: &DomainConfig) -> Result<Vec<(String, Addr<DcActor>)>, WiringErr
         });
         dcs.push((url.clone(), addr));
     }
+    if forestsync_actors::health::register_domain(&d.name, &d.dcs) {
+        watch_dcs(d.name.clone(), dcs.clone());
+    }
     Ok(dcs)
+}
+
+/// How often the DCs a domain is not using are asked whether they answer (the one in use is known
+/// from its traffic).
+const DC_WATCH_EVERY: Duration = Duration::from_secs(10);
+
+/// Keeps each DC's health current for `/readyz`, `status` and `forestsync.dc.up`: every
+/// [`DC_WATCH_EVERY`], a rootDSE probe of every DC other than the one in use. The one in use is
+/// skipped because a long read may hold its actor; its health comes from its own requests.
+fn watch_dcs(domain: String, dcs: Vec<(String, Addr<DcActor>)>) {
+    use forestsync_actors::dc::Probe;
+    use forestsync_actors::health;
+    actix::spawn(async move {
+        loop {
+            let in_use = health::in_use(&domain);
+            for (url, dc) in &dcs {
+                if in_use.as_deref() == Some(url.as_str()) {
+                    continue;
+                }
+                match tokio::time::timeout(Duration::from_secs(5), dc.send(Probe)).await {
+                    Ok(Ok(Ok(_))) => health::dc_up(&domain, url),
+                    Ok(Ok(Err(e))) => health::dc_down(&domain, url, &e.to_string()),
+                    Ok(Err(e)) => {
+                        health::dc_down(&domain, url, &format!("DC actor unavailable: {e}"))
+                    }
+                    Err(_) => health::dc_down(&domain, url, "no rootDSE answer within 5 s (hung?)"),
+                }
+            }
+            tokio::time::sleep(DC_WATCH_EVERY).await;
+        }
+    });
 }
 
 /// The JumpCloud → AD rules of a domain.

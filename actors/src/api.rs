@@ -72,6 +72,10 @@ impl ApiActor {
                     Ok(sent) => {
                         if sent == crate::executor::PasswordSent::Set {
                             tracing::info!(target = %job.target, "password set in JumpCloud");
+                            crate::metrics::password(
+                                crate::health::Direction::AdToJumpcloud,
+                                "forwarded",
+                            );
                         }
                         if let Some(tx) = job.on_done {
                             let _ = tx.send(true);
@@ -85,6 +89,10 @@ impl ApiActor {
                         retry_later.push(job);
                     }
                     Err(e) => {
+                        crate::metrics::password(
+                            crate::health::Direction::AdToJumpcloud,
+                            "rejected",
+                        );
                         tracing::error!(target = %job.target, error = %e, "password not set in JumpCloud");
                         if let Some(tx) = job.on_done {
                             let _ = tx.send(false);
@@ -142,6 +150,7 @@ impl Actor for ApiActor {
 
 impl Supervised for ApiActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        crate::metrics::restarted("api");
         self.draining = false;
     }
 }

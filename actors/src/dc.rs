@@ -120,6 +120,7 @@ impl Actor for DcActor {
 
 impl Supervised for DcActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        crate::metrics::restarted("dc");
         // Never trust a connection that was in use when the actor failed.
         self.session = Arc::new(Mutex::new(None));
     }

@@ -11,6 +11,7 @@ use actix::prelude::*;
 
 use crate::dc::{DcActor, DcProbe, Probe, ReadChanges};
 use crate::directory::DirectoryError;
+use crate::health::Direction;
 use crate::model::DcUsn;
 use crate::model::DirChange;
 
@@ -29,6 +30,8 @@ pub struct DomainBatch {
     /// The DC's invocationId when the changes were read (kept with the USN in the watermark).
     pub invocation_id: Option<String>,
     pub changes: Vec<DirChange>,
+    /// The read's span (LDAP search, then the plan): each planned change's trace links to it.
+    pub span: tracing::Span,
 }
 
 /// Tells the coordinator which DC a domain is using (status, logs).
@@ -140,6 +143,7 @@ async fn poll_loop(
         if current != 0 && last_failback.elapsed() >= timing.failback_every {
             last_failback = Instant::now();
             if probe(&dcs[0].1, timing.probe_timeout).await.is_ok() {
+                crate::health::dc_up(&domain, &dcs[0].0);
                 tracing::info!(domain, dc = %dcs[0].0, "preferred DC is back; failing back");
                 current = 0;
                 pending_read = true;
@@ -148,6 +152,8 @@ async fn poll_loop(
         let (url, dc) = &dcs[current];
         let (usn, invocation_id) = match probe(dc, timing.probe_timeout).await {
             Ok(p) => {
+                crate::health::dc_up(&domain, url);
+                crate::health::dc_in_use(&domain, url);
                 if let Some(now) = &p.invocation_id {
                     if invocations.get(url).is_some_and(|before| before != now) {
                         tracing::warn!(domain, dc = %url, "the DC's invocationId changed (restored or rebuilt): reading the domain in full");
@@ -159,6 +165,7 @@ async fn poll_loop(
                 (p.usn, p.invocation_id)
             }
             Err(e) => {
+                crate::health::dc_down(&domain, url, &e);
                 fail_over(&domain, &dcs, &mut current, &e);
                 pending_read = true;
                 tokio::time::sleep(FAILOVER_PAUSE).await;
@@ -169,19 +176,52 @@ async fn poll_loop(
             (Some(now), Some(before)) => now != *before,
             _ => true,
         };
+        if !changed && !pending_read {
+            // Nothing new on the DC: the domain is as current as a read would make it.
+            crate::health::synced(&domain, Direction::AdToJumpcloud);
+        }
         if changed || pending_read {
             let read_from = if full_read_next {
                 Vec::new()
             } else {
                 cookie.clone()
             };
-            let read = tokio::time::timeout(
-                timing.read_timeout,
-                dc.send(ReadChanges {
-                    cookie: read_from.clone(),
-                }),
+            // One root span per read that may carry changes (never one span for the actor's life).
+            let batch_span = tracing::info_span!(
+                parent: None,
+                "domain.batch",
+                domain = %domain,
+                dc = %url,
+                full = read_from.is_empty(),
+            );
+            let search_span = tracing::info_span!(
+                parent: &batch_span,
+                "ldap.search",
+                otel.kind = "client",
+                server.address = %url,
+                domain = %domain,
+                ldap.control = if read_from.is_empty() { "dirsync (full)" } else { "dirsync" },
+                changes = tracing::field::Empty,
+            );
+            let read_started = Instant::now();
+            let read = tracing::Instrument::instrument(
+                tokio::time::timeout(
+                    timing.read_timeout,
+                    dc.send(ReadChanges {
+                        cookie: read_from.clone(),
+                    }),
+                ),
+                search_span.clone(),
             )
             .await;
+            crate::metrics::get().ldap_duration.record(
+                read_started.elapsed().as_secs_f64(),
+                &[opentelemetry::KeyValue::new("dc", url.clone())],
+            );
+            if let Ok(Ok(Ok((changes, _)))) = &read {
+                search_span.record("changes", changes.len());
+            }
+            drop(search_span);
             match read {
                 Ok(Ok(Ok((changes, next)))) => {
                     if !changes.is_empty() || next != cookie {
@@ -194,9 +234,14 @@ async fn poll_loop(
                             usn,
                             invocation_id: invocation_id.clone(),
                             changes,
+                            span: batch_span.clone(),
                         };
-                        match coordinator.send(batch).await {
+                        let queued = crate::metrics::queued("import_coordinator");
+                        let sent = coordinator.send(batch).await;
+                        drop(queued);
+                        match sent {
                             Ok(Ok(())) => {
+                                crate::health::synced(&domain, Direction::AdToJumpcloud);
                                 cookie = next;
                                 pending_read = false;
                                 full_read_next = false;
@@ -214,6 +259,7 @@ async fn poll_loop(
                             }
                         }
                     } else {
+                        crate::health::synced(&domain, Direction::AdToJumpcloud);
                         pending_read = false;
                         if let Some(u) = usn {
                             seen.insert(current, u);
@@ -255,6 +301,10 @@ async fn poll_loop(
 
 fn fail_over(domain: &str, dcs: &[(String, Addr<DcActor>)], current: &mut usize, why: &str) {
     let from = &dcs[*current].0;
+    crate::health::dc_down(domain, from, why);
+    if dcs.len() > 1 {
+        crate::metrics::failover(domain);
+    }
     *current = (*current + 1) % dcs.len();
     if dcs.len() > 1 {
         tracing::warn!(domain, from = %from, to = %dcs[*current].0, reason = why, "DC failed; failing over");

@@ -107,6 +107,7 @@ struct State {
     started_unix: u64,
     api: ApiHealth,
     domains: Vec<DomainHealth>,
+    scope: BTreeMap<(String, &'static str), u64>,
 }
 
 fn state() -> &'static Mutex<State> {
@@ -116,6 +117,7 @@ fn state() -> &'static Mutex<State> {
             started_unix: now_unix(),
             api: ApiHealth::Unknown,
             domains: Vec::new(),
+            scope: BTreeMap::new(),
         })
     })
 }
@@ -161,13 +163,26 @@ fn dc<'a>(d: &'a mut DomainHealth, url: &str) -> &'a mut DcHealth {
     &mut d.dcs[last]
 }
 
-/// Declares a domain and its DCs (in preference order), so readiness waits for them.
-pub fn register_domain(name: &str, dcs: &[String]) {
+/// Declares a domain and its DCs (in preference order), so readiness waits for them. True the
+/// first time the domain is declared.
+pub fn register_domain(name: &str, dcs: &[String]) -> bool {
     with(|s| {
+        let new = !s.domains.iter().any(|d| d.name == name);
         let d = domain(s, name);
         for url in dcs {
             dc(d, url);
         }
+        new
+    })
+}
+
+/// The DC the domain uses now, if known.
+pub fn in_use(domain_name: &str) -> Option<String> {
+    with(|s| {
+        s.domains
+            .iter()
+            .find(|d| d.name == domain_name)
+            .and_then(|d| d.in_use.clone())
     })
 }
 
@@ -231,6 +246,23 @@ pub fn api_key_refused(error: &str) {
             since_unix,
             error: error.to_string(),
         };
+    })
+}
+
+/// How many objects of `kind` ("users", "groups") the domain has in scope now.
+pub fn set_scope(domain_name: &str, kind: &'static str, count: u64) {
+    with(|s| {
+        s.scope.insert((domain_name.to_string(), kind), count);
+    })
+}
+
+/// (domain, kind, count) for every domain whose scope is known.
+pub fn scope_counts() -> Vec<(String, &'static str, u64)> {
+    with(|s| {
+        s.scope
+            .iter()
+            .map(|((d, k), n)| (d.clone(), *k, *n))
+            .collect()
     })
 }
 

@@ -12,9 +12,11 @@
 //! - [`store`]: the durable store (redb): snapshots + watermarks per domain, outbox, quarantine, links, meta.
 //! - [`executor`]: runs queued JumpCloud operations idempotently through one rate limiter, with retries.
 //! - [`health`]: live health (DC reachability and the DC in use, API key accepted, last sync per direction).
+//! - [`metrics`]: the engine's OpenTelemetry instruments (no-ops until the binary installs a provider).
 //! - [`password`]: password capture (hook rules, socket, encrypted spool) and commit confirmation.
 
 pub mod api;
+pub mod change_trace;
 pub mod channel;
 pub mod cloud;
 pub mod coordinator;
@@ -24,6 +26,7 @@ pub mod disposition;
 pub mod domain;
 pub mod executor;
 pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod password;
 pub mod plan;

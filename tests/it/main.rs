@@ -7,6 +7,7 @@
 
 mod ad_writes;
 mod check_command;
+mod config_reference;
 mod delivery;
 mod directory_reads;
 mod disruptive;

@@ -168,6 +168,17 @@ pub enum ReportKind {
     UserGroup,
 }
 
+impl ReportKind {
+    /// The object-kind label of the change metrics.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            ReportKind::Password => "password",
+            ReportKind::User => "user",
+            ReportKind::UserGroup => "group",
+        }
+    }
+}
+
 /// How applying an event to AD went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -279,7 +279,7 @@ impl ImportEngine {
             dc_usns,
             taken_unix: crate::health::now_unix(),
         };
-        if let Err(e) = self.store.commit_batch(
+        let seqs = match self.store.commit_batch(
             domain,
             expected_wm.as_ref(),
             &new_wm,
@@ -287,12 +287,20 @@ impl ImportEngine {
             &removals,
             &plan.ops,
         ) {
-            // The in-memory merge is undone by reloading what is committed.
-            let (objects, _) = self.store.load_domain(domain)?;
-            self.snapshots
-                .insert(domain.into(), DomainSnapshot::from_objects(objects));
-            return Err(e.into());
-        }
+            Ok(seqs) => seqs,
+            Err(e) => {
+                // The in-memory merge is undone by reloading what is committed.
+                let (objects, _) = self.store.load_domain(domain)?;
+                self.snapshots
+                    .insert(domain.into(), DomainSnapshot::from_objects(objects));
+                return Err(e.into());
+            }
+        };
+        crate::change_trace::planned(
+            domain,
+            &batch.span,
+            seqs.iter().copied().zip(plan.ops.iter().cloned()),
+        );
         self.watermarks.insert(domain.into(), Some(new_wm));
         for op in &plan.ops {
             match op {
@@ -323,6 +331,10 @@ impl ImportEngine {
     }
 
     fn report(&mut self, plan: &Plan) {
+        for (domain, users, groups) in &plan.scope_sizes {
+            crate::health::set_scope(domain, "users", *users as u64);
+            crate::health::set_scope(domain, "groups", *groups as u64);
+        }
         for p in &plan.problems {
             let key = format!("{}|{}", p.anchor, p.message);
             if self.reported.insert(key) {
@@ -509,6 +521,7 @@ impl Actor for ImportCoordinator {
 
 impl Supervised for ImportCoordinator {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        crate::metrics::restarted("import_coordinator");
         if let Err(e) = self.engine.reload() {
             tracing::error!(error = %e, "coordinator restart: cannot reload state from the store");
         }
@@ -520,7 +533,18 @@ impl Handler<DomainBatch> for ImportCoordinator {
 
     fn handle(&mut self, batch: DomainBatch, _: &mut Context<Self>) -> Self::Result {
         let started = std::time::Instant::now();
-        let outcome = self.engine.apply_batch(&batch).map_err(|e| e.to_string())?;
+        let plan_span = tracing::info_span!(
+            parent: &batch.span,
+            "plan",
+            domain = %batch.domain,
+            changes = batch.changes.len(),
+            ops = tracing::field::Empty,
+        );
+        let outcome = {
+            let _in_plan = plan_span.enter();
+            self.engine.apply_batch(&batch).map_err(|e| e.to_string())?
+        };
+        plan_span.record("ops", outcome.ops);
         tracing::info!(
             domain = %batch.domain,
             dc = %batch.dc_url,

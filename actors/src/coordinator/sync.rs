@@ -69,6 +69,7 @@ impl Actor for SyncCoordinator {
 
 impl Supervised for SyncCoordinator {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        crate::metrics::restarted("sync_coordinator");
         let _ = self.stop.send(true);
     }
 }

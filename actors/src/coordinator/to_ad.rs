@@ -297,7 +297,12 @@ impl ToAdEngine {
                 _ = stop.changed() => return,
             };
             match step {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    if self.reconciled {
+                        crate::health::synced(&domain, crate::health::Direction::JumpcloudToAd);
+                    }
+                }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let pause = match e.disposition() {
@@ -357,7 +362,8 @@ impl ToAdEngine {
         self.last_dc = dc;
         if !self.reconciled || (self.held && self.approved_removals() > 0) {
             tracing::info!(domain = %self.d.name, "primary for the AD instance: reconciling JumpCloud and AD");
-            self.reconcile().await?;
+            let span = tracing::info_span!(parent: None, "reconcile", domain = %self.d.name, direction = "jumpcloud_to_ad");
+            tracing::Instrument::instrument(self.reconcile(), span).await?;
             self.reconciled = true;
             // Every event up to the head seen before the reconcile is reflected in what it read.
             self.covered_through = self.covered_through.max(page.head);
@@ -368,6 +374,8 @@ impl ToAdEngine {
                 through_seq = page.head,
                 "reconciled JumpCloud and AD"
             );
+            crate::health::set_scope(&self.d.name, "jumpcloud_users", self.users.len() as u64);
+            crate::health::set_scope(&self.d.name, "jumpcloud_groups", self.groups.len() as u64);
         }
         self.retry_in_doubt().await?;
         self.recheck_ad_owned().await?;
@@ -385,7 +393,18 @@ impl ToAdEngine {
         if events.len() < page.events.len() {
             tracing::debug!(domain = %self.d.name, skipped = page.events.len() - events.len(), through_seq = self.covered_through, "events already reflected by the reconcile");
         }
-        self.apply_events(&events).await?;
+        // One trace per page of JumpCloud changes (usually one change): the channel read is its
+        // start, the AD writes its children.
+        let span = tracing::info_span!(
+            parent: None,
+            "jumpcloud.changes",
+            domain = %self.d.name,
+            events = events.len(),
+            first_seq = events.first().map(|e| e.seq).unwrap_or(0),
+            last_seq = last,
+            object.id = events.first().map(|e| e.id.as_str()).unwrap_or(""),
+        );
+        tracing::Instrument::instrument(self.apply_events(&events), span).await?;
         self.check_in_doubt()?;
         self.cursor = last;
         let (store, key, value) = (
@@ -915,6 +934,11 @@ impl ToAdEngine {
     ) -> Result<(), ToAdError> {
         match r {
             Ok(()) => {
+                crate::metrics::change(
+                    &self.d.name,
+                    crate::health::Direction::JumpcloudToAd,
+                    kind.metric_label(),
+                );
                 self.clear_error(id, kind).await;
                 Ok(())
             }
@@ -936,6 +960,7 @@ impl ToAdEngine {
                 Ok(())
             }
             Err(e) if matches!(e.disposition(), Disposition::BadInput) => {
+                crate::metrics::object_error(&self.d.name, &e.disposition());
                 let reason = e.to_string();
                 tracing::warn!(domain = %self.d.name, object = id, error = %reason, "AD refused a write for this object; it is skipped until it changes");
                 self.record_error(id, &reason).await;
@@ -954,6 +979,7 @@ impl ToAdEngine {
 
     pub(super) async fn refuse(&mut self, id: &str, kind: ReportKind, reason: String) {
         self.stats.refused += 1;
+        crate::metrics::object_error(&self.d.name, &Disposition::BadInput);
         let key = error_key(&self.d.name, id);
         let known = self.store.get_meta(&key).ok().flatten();
         if known.as_deref() != Some(reason.as_str()) {
@@ -1803,6 +1829,7 @@ impl ToAdEngine {
                     code: ReportCode::Ok,
                     message: "password set in AD".into(),
                 });
+                crate::metrics::password(crate::health::Direction::JumpcloudToAd, "forwarded");
                 Ok(())
             }
             Err(err) if is_no_such_object(&err) => {
@@ -1811,6 +1838,7 @@ impl ToAdEngine {
             Err(err) if err.is_password_policy() => {
                 let reason = ad_reason(&err);
                 self.stats.passwords_rejected += 1;
+                crate::metrics::password(crate::health::Direction::JumpcloudToAd, "rejected");
                 tracing::warn!(domain = %self.d.name, object = uid, dn = %user.dn, seq = e.seq, reason = %reason, "AD rejected the password from JumpCloud; not retried until it changes again");
                 let (store, value) = (self.store.clone(), format!("{}\t{reason}", e.seq));
                 tokio::task::spawn_blocking(move || store.set_meta(&rejected, &value))

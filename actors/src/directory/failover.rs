@@ -89,6 +89,23 @@ impl DomainDirectory {
     /// over the domain's DCs, then the last error is returned. `BadInput` and `Fatal` errors are
     /// returned at once (another DC would answer the same). See the type's note on retried writes.
     pub async fn run(&self, req: DirRequest) -> Result<DirReply, DirectoryError> {
+        let span = tracing::info_span!(
+            "ldap.request",
+            otel.name = %format!("ldap {}", req.kind()),
+            otel.kind = "client",
+            domain = %self.inner.domain,
+            ldap.operation = req.kind(),
+            ldap.dn = %req.dn(),
+            server.address = tracing::field::Empty,
+        );
+        tracing::Instrument::instrument(self.run_on_dcs(req, span.clone()), span).await
+    }
+
+    async fn run_on_dcs(
+        &self,
+        req: DirRequest,
+        span: tracing::Span,
+    ) -> Result<DirReply, DirectoryError> {
         let inner = &self.inner;
         let count = inner.dcs.len();
         if count == 0 {
@@ -103,9 +120,14 @@ impl DomainDirectory {
         for step in 0..count {
             let index = (start + step) % count;
             let (url, dc) = &inner.dcs[index];
+            span.record("server.address", url.as_str());
             let sent = tokio::time::timeout(inner.request_timeout, dc.send(Directory(req.clone())));
             let error = match sent.await {
-                Ok(Ok(Ok(reply))) => return Ok(reply),
+                Ok(Ok(Ok(reply))) => {
+                    crate::health::dc_up(&inner.domain, url);
+                    crate::health::dc_in_use(&inner.domain, url);
+                    return Ok(reply);
+                }
                 Ok(Ok(Err(e))) => match e.disposition() {
                     Disposition::FailOver | Disposition::Retry | Disposition::Throttled { .. } => e,
                     Disposition::BadInput | Disposition::Fatal => return Err(e),
@@ -120,6 +142,12 @@ impl DomainDirectory {
                     operation: "directory request",
                 },
             };
+            if matches!(
+                error.disposition(),
+                Disposition::FailOver | Disposition::Retry
+            ) {
+                crate::health::dc_down(&inner.domain, url, &error.to_string());
+            }
             let next = (index + 1) % count;
             // An add whose outcome is unknown (sent, then no answer) may have been applied: sending it
             // to another DC could create a second object that replication later turns into a
@@ -137,6 +165,7 @@ impl DomainDirectory {
                 .is_ok();
             if count > 1 {
                 if moved {
+                    crate::metrics::failover(&inner.domain);
                     tracing::warn!(domain = %inner.domain, from = %url, to = %inner.dcs[next].0, request = req.kind(), reason = %error, "DC failed; failing over");
                 }
             } else {
@@ -186,6 +215,7 @@ impl DomainDirectory {
                 Ok(Ok(Ok(_)))
             );
             if answered {
+                crate::health::dc_up(&inner.domain, url);
                 let from = inner.current.swap(0, Ordering::SeqCst);
                 if from != 0 {
                     let from = inner.dcs.get(from).map(|(u, _)| u.as_str()).unwrap_or("");

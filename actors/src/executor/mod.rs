@@ -190,9 +190,18 @@ impl Executor {
                     report.interrupted = true;
                     return Ok(report);
                 }
-                match self.run_with(seq, &op, Some(shutdown)).await {
+                let span = crate::change_trace::take(seq, &op);
+                let ran =
+                    tracing::Instrument::instrument(self.run_with(seq, &op, Some(shutdown)), span)
+                        .await;
+                match ran {
                     Ok(effect) => {
                         self.blocking(move |s| s.complete_op(seq, &effect)).await?;
+                        crate::metrics::change(
+                            &op.subject().domain,
+                            crate::health::Direction::AdToJumpcloud,
+                            op.kind(),
+                        );
                         report.completed += 1;
                         tracing::debug!(seq, "operation completed");
                     }
@@ -202,6 +211,7 @@ impl Executor {
                     }
                     Err(e) => match e.disposition() {
                         Disposition::BadInput => {
+                            crate::metrics::object_error(&op.subject().domain, &e.disposition());
                             let text = e.to_string();
                             tracing::warn!(seq, error = %text, "operation quarantined");
                             let t = text.clone();

@@ -107,6 +107,7 @@ impl Pacer {
         &self,
         fut: impl std::future::Future<Output = Result<T, CloudError>>,
     ) -> Result<T, CloudError> {
+        let waiting = Instant::now();
         let _permit = self.in_flight.acquire().await.ok();
         loop {
             let (pause, slow) = {
@@ -125,6 +126,9 @@ impl Pacer {
                 }
             }
         }
+        crate::metrics::get()
+            .rate_wait
+            .record(waiting.elapsed().as_secs_f64(), &[]);
         self.requests.fetch_add(1, Ordering::Relaxed);
         let result = fut.await;
         if let Err(CloudError::Throttled { retry_after, .. }) = &result {
@@ -178,6 +182,15 @@ impl<'a> Backoff<'a> {
             return Err(err);
         }
         self.attempt += 1;
+        if self.attempt < self.policy.max_attempts {
+            crate::metrics::get().retries.add(
+                1,
+                &[opentelemetry::KeyValue::new(
+                    "class",
+                    crate::metrics::class(&err.disposition()),
+                )],
+            );
+        }
         if self.attempt >= self.policy.max_attempts {
             return Err(match err {
                 ExecError::Cloud { op, source } => ExecError::GaveUp {

@@ -72,6 +72,8 @@ pub struct Plan {
     pub domain_errors: Vec<(String, String)>,
     pub excluded: Vec<(Anchor, String, &'static str)>,
     pub guard: Option<GuardTrip>,
+    /// Per domain whose scope was resolved: (domain, users in scope, groups in scope).
+    pub scope_sizes: Vec<(String, usize, usize)>,
 }
 
 pub fn plan(input: &PlanInput) -> Plan {
@@ -91,6 +93,8 @@ pub fn plan(input: &PlanInput) -> Plan {
                 continue;
             }
         };
+        out.scope_sizes
+            .push((d.name.to_owned(), scope.users.len(), scope.groups.len()));
         let linked_here = input.links.keys().any(|a| a.domain == d.name);
         if scope.is_empty() && linked_here {
             out.domain_errors.push((
