@@ -65,7 +65,7 @@ pub struct DomainStatus {
     /// AD objects in the store's snapshot.
     pub objects: usize,
     /// The directions this mode syncs, with the last completed sync (live only; `None` = none yet).
-    pub last_sync: Vec<(Direction, Option<u64>)>,
+    pub last_sync: Vec<LastSync>,
     pub pending_count: u64,
     /// The first [`PENDING_LISTED`] pending operations.
     pub pending: Vec<OpLine>,
@@ -73,9 +73,23 @@ pub struct DomainStatus {
     pub conflicts: Vec<RecordLine>,
     pub non_owner_changes: Vec<RecordLine>,
     /// JumpCloud id → AD's reason (JumpCloud → AD objects AD refused).
-    pub not_written_to_ad: Vec<(String, String)>,
+    pub not_written_to_ad: Vec<IdReason>,
     /// JumpCloud id → AD's reason.
-    pub passwords_rejected: Vec<(String, String)>,
+    pub passwords_rejected: Vec<IdReason>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSync {
+    pub direction: Direction,
+    /// `None`: none completed since the agent started (or the agent is not running).
+    pub at_unix: Option<u64>,
+}
+
+/// A JumpCloud id and AD's reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdReason {
+    pub id: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,11 +210,9 @@ pub fn collect(
         }
         let last_sync = directions(config.mode)
             .into_iter()
-            .map(|dir| {
-                (
-                    dir,
-                    live_domain.and_then(|h| h.last_sync_unix.get(&dir).copied()),
-                )
+            .map(|direction| LastSync {
+                direction,
+                at_unix: live_domain.and_then(|h| h.last_sync_unix.get(&direction).copied()),
             })
             .collect();
         let (pending_count, pending) = pending_by_domain.remove(&d.name).unwrap_or_default();
@@ -236,7 +248,7 @@ pub fn collect(
                 })
                 .collect()
         };
-        let by_id = |rows: Vec<(String, String)>, strip_seq: bool| -> Vec<(String, String)> {
+        let by_id = |rows: Vec<(String, String)>, strip_seq: bool| -> Vec<IdReason> {
             rows.into_iter()
                 .map(|(k, v)| {
                     let id = k.rsplit('/').next().unwrap_or_default().to_owned();
@@ -245,7 +257,7 @@ pub fn collect(
                     } else {
                         v
                     };
-                    (id, reason)
+                    IdReason { id, reason }
                 })
                 .collect()
         };
@@ -340,12 +352,12 @@ pub fn render(r: &StatusReport, out: &mut dyn Write) -> Result<(), StatusError> 
             )?,
         }
         writeln!(out, "  AD objects in the store: {}", d.objects)?;
-        for (dir, at) in &d.last_sync {
-            let label = match dir {
+        for LastSync { direction, at_unix } in &d.last_sync {
+            let label = match direction {
                 Direction::AdToJumpcloud => "AD → JumpCloud",
                 Direction::JumpcloudToAd => "JumpCloud → AD",
             };
-            let when = match (at, &r.live) {
+            let when = match (at_unix, &r.live) {
                 (Some(t), _) => format!("{} ({} ago)", utc(*t), ago(now, *t)),
                 (None, Some(_)) => "none yet since the agent started".to_owned(),
                 (None, None) => "unknown (agent not running)".to_owned(),
@@ -382,16 +394,16 @@ pub fn render(r: &StatusReport, out: &mut dyn Write) -> Result<(), StatusError> 
             }
         }
         writeln!(out, "  not written to AD: {}", d.not_written_to_ad.len())?;
-        for (id, v) in &d.not_written_to_ad {
-            writeln!(out, "    {id}: {v}")?;
+        for x in &d.not_written_to_ad {
+            writeln!(out, "    {}: {}", x.id, x.reason)?;
         }
         writeln!(
             out,
             "  passwords AD rejected: {}",
             d.passwords_rejected.len()
         )?;
-        for (id, reason) in &d.passwords_rejected {
-            writeln!(out, "    {id}: {reason}")?;
+        for x in &d.passwords_rejected {
+            writeln!(out, "    {}: {}", x.id, x.reason)?;
         }
     }
     Ok(())
@@ -459,7 +471,10 @@ mod tests {
                 dcs: vec![dc],
                 watermark_taken_unix: Some(1_000_000 - 75),
                 objects: 3,
-                last_sync: vec![(Direction::AdToJumpcloud, Some(1_000_000 - 2))],
+                last_sync: vec![LastSync {
+                    direction: Direction::AdToJumpcloud,
+                    at_unix: Some(1_000_000 - 2),
+                }],
                 pending_count: 0,
                 pending: vec![],
                 quarantined: vec![OpLine {
@@ -622,7 +637,13 @@ mod tests {
         assert_eq!(d.dcs[0].up, Some(false));
         assert_eq!(d.dcs[0].error.as_deref(), Some("timeout"));
         assert_eq!(d.dcs[1].up, Some(true));
-        assert_eq!(d.last_sync, vec![(Direction::AdToJumpcloud, Some(990))]);
+        assert_eq!(
+            d.last_sync,
+            vec![LastSync {
+                direction: Direction::AdToJumpcloud,
+                at_unix: Some(990)
+            }]
+        );
         assert_eq!(live.live.as_ref().map(|l| l.started_unix), Some(10));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);

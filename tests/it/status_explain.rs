@@ -125,6 +125,26 @@ async fn status_and_explain_answer_from_a_running_agent_and_from_the_store_once_
         "{report}"
     );
 
+    // The same report as JSON.
+    let (code, json, err) = cli(&agent.config, &["status", "--json"]);
+    assert_eq!(code, 0, "{json}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("status --json is JSON");
+    let d = &v["domains"][0];
+    assert_eq!(d["name"], "alpha", "{json}");
+    assert!(v["live"]["started_unix"].as_u64().is_some(), "{json}");
+    assert!(
+        lab.alpha
+            .dc_urls
+            .iter()
+            .any(|u| d["dc_in_use"] == u.as_str()),
+        "{json}"
+    );
+    assert_eq!(d["pending_count"], 0, "{json}");
+    assert!(
+        d["watermark_taken_unix"].as_u64().unwrap_or(0) > 0,
+        "{json}"
+    );
+
     // explain, nested user: the path root → l1 → l2 → user and the JumpCloud id.
     let (code, out, err) = cli(&agent.config, &["explain", &nested_sam]);
     eprintln!("{out}");
