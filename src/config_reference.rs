@@ -341,10 +341,10 @@ pub const SECTIONS: &[SectionDoc] = &[
         about: "The ops endpoint, the log format and OTLP export.",
         keys: &[
             key("listen", Type::String, Value("\"127.0.0.1:9464\""), "\"0.0.0.0:9464\"")
-                .means("Where `/metrics`, `/healthz` and `/readyz` are served (`address:port`), or `\"off\"`."),
+                .means("Where `/metrics`, `/healthz` and `/readyz` are served (`address:port`; `0.0.0.0:9464` in a pod), or `\"off\"`. A port in use is logged as an error; syncing goes on."),
             key("log_format", Type::String, Value("\"auto\""), "\"json\"")
                 .values(&["auto", "json", "text"])
-                .means("How log events are written to stderr: `auto` is JSON unless stderr is a terminal."),
+                .means("How log events are written to stderr: `auto` is JSON unless stderr is a terminal. `FORESTSYNC_LOG_FORMAT` overrides it; `FORESTSYNC_LOG` sets the filter (default `warn`)."),
             key("otlp_endpoint", Type::String, Unset("the standard `OTEL_EXPORTER_OTLP_*ENDPOINT` variables decide; without them nothing is exported"), "\"http://collector:4318\"")
                 .means("OTLP/HTTP (protobuf) base URL of a collector; http(s) only."),
             key("otlp_ca_file", Type::Path, Unset("the system's web roots only"), "\"/etc/forestsync/otlp-ca.pem\"")

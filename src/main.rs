@@ -272,10 +272,15 @@ fn run_command(arg: ConfigArg) -> ExitCode {
     let result = system.block_on(async {
         forestsync::seal::seal_on_start(&config);
         if let Some(addr) = config.telemetry.listen {
-            let bound = forestsync::ops_http::serve(addr, telemetry.metrics())
-                .await
-                .map_err(|e| forestsync::wiring::WiringError::Setup(e.to_string()))?;
-            tracing::info!(%bound, "ops endpoint: /metrics, /healthz, /readyz");
+            // Syncing matters more than being watched: a taken port is loud, not fatal (probes
+            // and scrapes then fail, which is how it gets noticed).
+            match forestsync::ops_http::serve(addr, telemetry.metrics()).await {
+                Ok(bound) => tracing::info!(%bound, "ops endpoint: /metrics, /healthz, /readyz"),
+                Err(e) => {
+                    tracing::error!(error = %e, "ops endpoint not started");
+                    eprintln!("forestsync: {e}");
+                }
+            }
         }
         forestsync::wiring::start(&config).await?;
         tracing::info!(mode = %config.mode, "forestsync running");

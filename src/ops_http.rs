@@ -45,6 +45,7 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> Result<SocketAddr, Ops
                     async move { Ok::<_, Infallible>(answer(&req, &metrics)) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(std::time::Duration::from_secs(5))
                     .serve_connection(TokioIo::new(stream), service);
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;

@@ -1,8 +1,8 @@
 //! Logs, traces and metrics.
 //!
 //! - Logs: structured `tracing` events on stderr; JSON when stderr is not a terminal (journald,
-//!   containers) unless `[telemetry] log_format` says otherwise. `FORESTSYNC_LOG` (or `RUST_LOG`) sets
-//!   the filter (default `warn`).
+//!   containers) unless `[telemetry] log_format` (or `FORESTSYNC_LOG_FORMAT`) says otherwise.
+//!   `FORESTSYNC_LOG` (or `RUST_LOG`) sets the filter (default `warn`).
 //! - Traces: `tracing` spans of forestsync's crates (info and above) become OpenTelemetry spans,
 //!   exported over OTLP/HTTP (protobuf) when an endpoint is configured: `[telemetry] otlp_endpoint`,
 //!   else the standard `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` variables. `OTEL_SDK_DISABLED=true`
@@ -98,7 +98,14 @@ fn log_filter() -> EnvFilter {
         .unwrap_or_else(|| EnvFilter::new("warn"))
 }
 
+/// `FORESTSYNC_LOG_FORMAT` (`json`, `text` or `auto`) overrides the configured log format.
 fn json_logs(format: LogFormat) -> bool {
+    let format = match std::env::var("FORESTSYNC_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        Ok("text") => LogFormat::Text,
+        Ok("auto") => LogFormat::Auto,
+        _ => format,
+    };
     match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

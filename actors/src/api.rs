@@ -119,10 +119,14 @@ impl ApiActor {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "JumpCloud delivery stopped; operations stay queued");
-                    if e.disposition() == Disposition::Retry {
-                        // Temporary trouble outlasted the retry budget: try again later without waiting for a new change.
-                        ctx.run_later(std::time::Duration::from_secs(5), |act, ctx| act.start_drain(ctx));
-                    }
+                    // Try again later without waiting for a new change: temporary trouble that
+                    // outlasted the retry budget soon, a refused key or role (fixed in JumpCloud's
+                    // console, not here) every 30 s: one refused request, no storm.
+                    let again_in = match e.disposition() {
+                        Disposition::Fatal => std::time::Duration::from_secs(30),
+                        _ => std::time::Duration::from_secs(5),
+                    };
+                    ctx.run_later(again_in, |act, ctx| act.start_drain(ctx));
                 }
             }
             if act.again {

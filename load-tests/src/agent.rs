@@ -84,6 +84,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(config)
             .env("FORESTSYNC_LOG", log_filter)
+            .env("FORESTSYNC_LOG_FORMAT", "text")
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -205,6 +205,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("FORESTSYNC_LOG", "info,forestsync_actors=info")
+            .env("FORESTSYNC_LOG_FORMAT", "text")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -22,4 +22,5 @@ mod support;
 mod sync_disruptive;
 mod sync_guard;
 mod sync_mode;
+mod telemetry;
 mod two_way;
