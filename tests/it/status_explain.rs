@@ -128,6 +128,10 @@ async fn status_and_explain_answer_from_a_running_agent_and_from_the_store_once_
     // The same report as JSON.
     let (code, json, err) = cli(&agent.config, &["status", "--json"]);
     assert_eq!(code, 0, "{json}\n{err}");
+    assert!(
+        !err.contains("read from the state store"),
+        "the running agent answered: {err}"
+    );
     let v: serde_json::Value = serde_json::from_str(&json).expect("status --json is JSON");
     let d = &v["domains"][0];
     assert_eq!(d["name"], "alpha", "{json}");
@@ -203,6 +207,7 @@ async fn status_and_explain_answer_from_a_running_agent_and_from_the_store_once_
     agent.kill();
     let (code, out, err) = cli(&agent.config, &["status"]);
     assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("read from the state store"), "{err}");
     assert!(
         out.contains("agent not running: live DC health unknown"),
         "{out}"
