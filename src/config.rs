@@ -381,7 +381,7 @@ impl Default for AttributeMap {
 
 // ---- resolved configuration (what the program uses) ----
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub path: PathBuf,
     pub mode: Mode,
@@ -398,7 +398,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct JumpCloudConfig {
     pub base_url: String,
     pub api_key: Secret,
@@ -410,7 +410,7 @@ pub struct JumpCloudConfig {
     pub agent_channel_url: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DomainConfig {
     pub name: String,
     /// In preference order: the first reachable one is used, the rest are failover targets.
@@ -444,7 +444,7 @@ pub struct ToAdConfig {
     pub adopt_existing: bool,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SafetyConfig {
     /// A batch that would delete or suspend more than this many objects stops until allowed.
     pub max_removals: u32,

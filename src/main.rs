@@ -32,9 +32,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show what the agent recorded per domain: two-way conflicts and changes on the non-owning side,
-    /// objects and passwords AD refused (run it while the agent is stopped).
-    Status(ConfigArg),
+    /// Per domain: the DC in use and each DC's health, watermark age, last successful sync, pending
+    /// and failed operations, two-way conflicts and non-owner changes, objects and passwords AD
+    /// refused. Asks the running agent (admin socket in state_dir); with the agent stopped, reads the
+    /// store (no live DC health then).
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why one user is or is not in JumpCloud (or AD) as it is: domain, DN, objectGUID, scope path
+    /// through nested groups (or why not), authority, link, pending and failed operations, errors.
+    /// USER: sAMAccountName, userPrincipalName, JumpCloud username or id, or DN. Exit 1 if not found.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The user to explain.
+        user: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace the plaintext secrets in the config file by sealed values (in place; the rest of the
     /// file is kept as it is). `run` does the same at every start.
     Seal(ConfigArg),
@@ -76,7 +96,8 @@ fn main() -> ExitCode {
         Command::Check(arg) => runtime.block_on(check_command(arg)),
         Command::Run(_) => ExitCode::SUCCESS,
         Command::Plan { config, json } => runtime.block_on(plan_command(config, json)),
-        Command::Status(arg) => status_command(arg),
+        Command::Status { config, json } => status_command(config, json),
+        Command::Explain { config, user, json } => explain_command(config, &user, json),
         Command::Seal(arg) => seal_command(arg),
         Command::CapturePassword(args) => capture::run(args, &runtime),
         Command::Register(args) => register::run(args, &runtime),
@@ -117,14 +138,75 @@ fn load(arg: &ConfigArg) -> Option<config::Config> {
     }
 }
 
-fn status_command(arg: ConfigArg) -> ExitCode {
+fn status_command(arg: ConfigArg, json: bool) -> ExitCode {
     let Some(config) = load(&arg) else {
         return ExitCode::from(1);
     };
-    match forestsync::status::report(&config, &mut std::io::stdout().lock()) {
+    let (report, source) = match forestsync::admin::fetch_status(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("forestsync status: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    note_source(&source);
+    if json {
+        return print_json(&report);
+    }
+    match forestsync::status::render(&report, &mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("forestsync: {e}");
+            eprintln!("forestsync status: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn explain_command(arg: ConfigArg, user: &str, json: bool) -> ExitCode {
+    let Some(config) = load(&arg) else {
+        return ExitCode::from(1);
+    };
+    let (report, source) = match forestsync::admin::fetch_explain(&config, user) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("forestsync explain: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    note_source(&source);
+    let code = if json {
+        print_json(&report)
+    } else {
+        match forestsync::explain::render(&report, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("forestsync explain: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    };
+    if report.matches.is_empty() {
+        eprintln!("forestsync explain: {user}: not found in any configured domain");
+        return ExitCode::from(1);
+    }
+    code
+}
+
+/// Says on stderr where a report came from when no agent answered.
+fn note_source(source: &forestsync::admin::Source) {
+    if let forestsync::admin::Source::Store { why } = source {
+        eprintln!("forestsync: read from the state store ({why})");
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> ExitCode {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("forestsync: cannot encode the report: {e}");
             ExitCode::from(1)
         }
     }

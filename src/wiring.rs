@@ -261,11 +261,34 @@ pub fn agent_credentials(
     Ok(creds)
 }
 
+/// Opens the state store and starts the admin socket on it (`forestsync status`/`explain` while the
+/// agent runs); every mode goes through here. A socket that cannot be bound (a state_dir path too
+/// long for a Unix socket, a file in its place) is logged, not fatal: syncing goes on.
+/// A store held by another process is waited for this long (a `status` or `explain` reading it
+/// while the agent was stopped holds it for well under a second).
+async fn open_store(config: &Config) -> Result<Store, WiringError> {
+    let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
+    let store = loop {
+        match Store::open(&config.state_dir) {
+            Ok(s) => break s,
+            Err(e) if e.is_locked() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(setup("state store")(e)),
+        }
+    };
+    forestsync_actors::metrics::observe_outbox(store.clone());
+    // Management only: without it the agent still syncs; `status` then says the store is held.
+    if let Err(e) = crate::admin::start_agent_server(config, store.clone()) {
+        tracing::error!(error = %e, "admin socket unavailable: forestsync status/explain cannot reach this agent");
+    }
+    Ok(store)
+}
+
 /// Starts the jumpcloud-authoritative mode: DC actors per domain, the sync coordinator (one engine per
 /// domain), all supervised.
 async fn start_jumpcloud_authoritative(config: &Config) -> Result<(), WiringError> {
-    let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
-    forestsync_actors::metrics::observe_outbox(store.clone());
+    let store = open_store(config).await?;
     let executor = Executor::new(
         cloud_client(config)?,
         store.clone(),
@@ -326,6 +349,9 @@ fn start_to_ad(
     Ok(())
 }
 
+/// How long the agent waits at start for a store another process holds.
+pub const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// How long one AD request may take before the domain fails over (a member write of 500 values
 /// included).
 pub const DIRECTORY_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -337,8 +363,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
         Mode::JumpcloudAuthoritative => return start_jumpcloud_authoritative(config).await,
         Mode::TwoWay => return start_two_way(config).await,
     }
-    let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
-    forestsync_actors::metrics::observe_outbox(store.clone());
+    let store = open_store(config).await?;
     let executor = Executor::new(
         cloud_client(config)?,
         store.clone(),
@@ -351,8 +376,7 @@ pub async fn start(config: &Config) -> Result<(), WiringError> {
 /// authority rules and the echo ledger; the AD reader tells the JumpCloud → AD engines which
 /// JumpCloud-owned objects changed in AD.
 async fn start_two_way(config: &Config) -> Result<(), WiringError> {
-    let store = Store::open(&config.state_dir).map_err(setup("state store"))?;
-    forestsync_actors::metrics::observe_outbox(store.clone());
+    let store = open_store(config).await?;
     let two_way = TwoWay::new(
         TwoWaySettings {
             default_password_authority: config.two_way.password_authority,

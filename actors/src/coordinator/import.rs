@@ -277,6 +277,7 @@ impl ImportEngine {
         let new_wm = Watermark {
             dirsync_cookie: batch.to.clone(),
             dc_usns,
+            taken_unix: crate::health::now_unix(),
         };
         let seqs = match self.store.commit_batch(
             domain,

@@ -269,6 +269,10 @@ pub struct Watermark {
     pub dirsync_cookie: Vec<u8>,
     /// DC URL → (invocationId, highestCommittedUSN seen when the cookie was taken).
     pub dc_usns: BTreeMap<String, DcUsn>,
+    /// When this watermark was committed (Unix seconds; 0 in stores written before it was recorded).
+    /// Passed in by the coordinator: the model reads no clock.
+    #[serde(default)]
+    pub taken_unix: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

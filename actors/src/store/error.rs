@@ -37,6 +37,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Another process (or handle) holds the store open: a short wait may see it released (a
+    /// `forestsync status` reading the store of a stopped agent).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Open { source, .. } if matches!(**source, redb::DatabaseError::DatabaseAlreadyOpen))
+    }
+
     pub(super) fn db(e: impl Into<redb::Error>) -> StoreError {
         StoreError::Db(Box::new(e.into()))
     }

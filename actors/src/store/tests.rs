@@ -68,7 +68,23 @@ fn watermark(cookie: u8, usn: u64) -> Watermark {
                 usn,
             },
         )]),
+        taken_unix: 1_700_000_000 + usn,
     }
+}
+
+#[test]
+fn a_watermark_stored_before_taken_unix_existed_still_loads() {
+    let old: Watermark = decode(
+        "watermark",
+        "alpha",
+        br#"{"dirsync_cookie":"0a0b","dc_usns":{}}"#,
+    )
+    .expect("old watermark decodes");
+    assert_eq!(old.dirsync_cookie, vec![10, 11]);
+    assert_eq!(old.taken_unix, 0);
+    let new = watermark(1, 7);
+    let back: Watermark = decode("watermark", "alpha", &encode(&new).unwrap()).unwrap();
+    assert_eq!(back.taken_unix, 1_700_000_007);
 }
 
 fn desired(n: u8) -> DesiredUser {
