@@ -140,6 +140,7 @@ async fn measure(
     );
 
     // Disable/enable round trips.
+    let cpu_before = crate::figures::sample(agent.pid())?.cpu_seconds;
     let mut samples = Samples::default();
     for i in 0..changes {
         let (sam, dn) = &dns[i % dns.len()];
@@ -156,7 +157,11 @@ async fn measure(
         }
         samples.record(t0.elapsed());
     }
-    println!("{}", figures("ad-change-to-jumpcloud", &samples));
+    let cpu = crate::figures::sample(agent.pid())?.cpu_seconds - cpu_before;
+    let mut line = figures("ad-change-to-jumpcloud", &samples);
+    line["cpu_ms_per_change"] =
+        json!((cpu * 1000.0 / samples.len().max(1) as f64 * 100.0).round() / 100.0);
+    println!("{line}");
 
     // Password resets through the capture hook.
     let hook_dir = PathBuf::from(vars.get("LAB_HOOK_DIR")?);
@@ -192,7 +197,11 @@ async fn measure(
         // password_date has millisecond resolution; keep changes of one user apart.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("{}", figures("password-to-jumpcloud", &samples));
+    let proc = crate::figures::sample(agent.pid())?;
+    let mut line = figures("password-to-jumpcloud", &samples);
+    line["peak_rss_mb"] = json!((proc.peak_rss_kb as f64 / 1024.0 * 100.0).round() / 100.0);
+    line["idle_rss_mb"] = json!((proc.rss_kb as f64 / 1024.0 * 100.0).round() / 100.0);
+    println!("{line}");
     drop(agent);
     emu.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

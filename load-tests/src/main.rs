@@ -14,6 +14,9 @@ use serde_json::json;
 use stats::percentile;
 
 mod agent;
+mod failover;
+mod figures;
+mod import;
 mod jumpcloud;
 mod lab;
 mod latency;
@@ -85,6 +88,53 @@ enum Scenario {
         #[arg(long)]
         agent: Option<std::path::PathBuf>,
     },
+    /// Initial import on the lab: USERS seeded across ALPHA and BETA (nested groups, one large group)
+    /// into the emulator, API unthrottled; then 30 s of quiet (no writes expected).
+    Import {
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+        /// Seeded groups (across both domains), besides the large group.
+        #[arg(long, default_value_t = 40)]
+        groups: usize,
+        /// Keep the seeded objects in the lab afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// The forestsync binary to run as the agent (default: next to this program).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+    },
+    /// The initial import with the API throttled to a budget (emulator answers 429 over it; the agent
+    /// is given the same budget): how much of the budget the agent uses, and whether it is ever throttled.
+    Throttled {
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 20)]
+        groups: usize,
+        /// The API budget, requests per minute.
+        #[arg(long, default_value_t = 600)]
+        budget: u32,
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+    },
+    /// A DC failover during churn: DC1 of ALPHA is stopped while changes keep coming (then on DC2), and
+    /// started again. Stops a lab DC: run it on a lab nobody else uses.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        users: usize,
+        /// One change every this many milliseconds.
+        #[arg(long, default_value_t = 250)]
+        every_ms: u64,
+        /// Seconds of churn before DC1 is stopped.
+        #[arg(long, default_value_t = 15)]
+        before: u64,
+        /// Seconds DC1 stays down (and of churn after it is back).
+        #[arg(long, default_value_t = 20)]
+        after: u64,
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+    },
     /// Two-way mode on the lab, long run: random real changes alternating between AD and JumpCloud;
     /// the agent's writes must equal the changes (no echo writes).
     TwoWayChurn {
@@ -112,6 +162,53 @@ async fn main() -> Result<()> {
             users,
             http,
         } => emulator(seconds, concurrency, users, http).await,
+        Scenario::Import {
+            users,
+            groups,
+            keep,
+            agent,
+        } => {
+            import::run(import::Options {
+                users,
+                groups,
+                rate_limit: None,
+                keep,
+                agent,
+            })
+            .await
+        }
+        Scenario::Throttled {
+            users,
+            groups,
+            budget,
+            keep,
+            agent,
+        } => {
+            import::run(import::Options {
+                users,
+                groups,
+                rate_limit: Some(budget),
+                keep,
+                agent,
+            })
+            .await
+        }
+        Scenario::Failover {
+            users,
+            every_ms,
+            before,
+            after,
+            agent,
+        } => {
+            failover::run(failover::Options {
+                users,
+                every_ms,
+                before,
+                after,
+                agent,
+            })
+            .await
+        }
         Scenario::Latency {
             users,
             changes,
