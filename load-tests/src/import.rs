@@ -121,17 +121,19 @@ pub async fn run(o: Options) -> Result<()> {
     eprintln!(
         "seeding {ua} users + {ga} groups into ALPHA, {ub} + {gb} into BETA (prefix {prefix})"
     );
-    seed(&repo, "alpha", ua, ga, &prefix)?;
-    seed(&repo, "beta", ub, gb, &prefix)?;
+    // Distinct names per domain: the same username in two domains is a reported conflict, not synced.
+    let (pa, pb) = (format!("{prefix}a"), format!("{prefix}b"));
+    seed(&repo, "alpha", ua, ga, &pa)?;
+    seed(&repo, "beta", ub, gb, &pb)?;
     let alpha_base = vars.get("LAB_ALPHA_BASE_DN")?;
-    let ou_a = format!("OU=Seed-{prefix},OU=ADI,{alpha_base}");
-    let ou_b = format!("OU=Seed-{prefix},OU=ADI,{}", vars.get("LAB_BETA_BASE_DN")?);
+    let ou_a = format!("OU=Seed-{pa},OU=ADI,{alpha_base}");
+    let ou_b = format!("OU=Seed-{pb},OU=ADI,{}", vars.get("LAB_BETA_BASE_DN")?);
     let mut alpha = admin(&vars, "ALPHA").await?;
     // The large group: every ALPHA seed user.
     let big = format!("CN={prefix}-big,{ou_a}");
     add_group(&mut alpha, &big, &format!("{prefix}-big")).await?;
     let members: Vec<String> = (1..=ua)
-        .map(|i| format!("CN={prefix}-u{i:05},{ou_a}"))
+        .map(|i| format!("CN={pa}-u{i:05},{ou_a}"))
         .collect();
     for chunk in members.chunks(1000) {
         add_members(&mut alpha, &big, chunk).await?;
@@ -228,7 +230,14 @@ async fn measure(o: &Options, vars: &LabVars, agent_bin: &Path) -> Result<()> {
         let pending = prom_sum(&m, "forestsync_outbox_pending").unwrap_or(1.0);
         let written = prom_sum(&m, "forestsync_changes_total").unwrap_or(0.0);
         if planned && pending == 0.0 && written > 0.0 && written == last_written {
-            break (t0.elapsed() - Duration::from_millis(500), m);
+            let users = prom_with(&m, "forestsync_scope_objects", "kind=\"users\"").unwrap_or(0.0);
+            let in_jc = emu.state()["users"].as_array().map(Vec::len).unwrap_or(0);
+            if in_jc as f64 >= users {
+                break (t0.elapsed() - Duration::from_millis(500), m);
+            }
+            if t0.elapsed() > Duration::from_secs(600) {
+                bail!("the agent's outbox is empty but JumpCloud holds {in_jc} of {users} users in scope; see {}", agent.log_path().display());
+            }
         }
         last_written = written;
         if t0.elapsed() > Duration::from_secs(3600) {
@@ -240,10 +249,6 @@ async fn measure(o: &Options, vars: &LabVars, agent_bin: &Path) -> Result<()> {
     };
     let users = prom_with(&metrics, "forestsync_scope_objects", "kind=\"users\"").unwrap_or(0.0);
     let groups = prom_with(&metrics, "forestsync_scope_objects", "kind=\"groups\"").unwrap_or(0.0);
-    let in_jc = emu.state()["users"].as_array().map(Vec::len).unwrap_or(0);
-    if (in_jc as f64) < users {
-        bail!("the agent says done but JumpCloud holds {in_jc} users of {users} in scope");
-    }
     let secs = done_at.as_secs_f64();
     let objects = users + groups;
     let requests = prom_sum(&metrics, "forestsync_api_requests_total").unwrap_or(0.0);

@@ -82,6 +82,9 @@ pub struct ExecutorConfig {
     pub two_way: Option<Arc<crate::two_way::TwoWay>>,
     /// How many queued operations a drain reads at once.
     pub batch: usize,
+    /// How many operations on different objects a drain runs at once (requests in flight are
+    /// bounded separately by `rate.max_concurrent`).
+    pub parallel_ops: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -93,6 +96,7 @@ impl Default for ExecutorConfig {
             ad_instances: std::collections::BTreeMap::new(),
             two_way: None,
             batch: 100,
+            parallel_ops: 16,
         }
     }
 }
@@ -171,32 +175,116 @@ impl Executor {
         run.execute(op).await
     }
 
-    /// Runs the queued operations in sequence order until the outbox is empty, shutdown is asked for
-    /// (`true` on the channel), or an operation fails in a way that must stop the drain: Fatal (an
-    /// operator must act) or a temporary failure that outlasted the retry budget (left queued).
-    /// Operations that fail with BadInput are quarantined and the drain continues.
+    /// Runs the queued operations until the outbox is empty, shutdown is asked for (`true` on the
+    /// channel), or an operation fails in a way that must stop the drain: Fatal (an operator must act)
+    /// or a temporary failure that outlasted the retry budget (left queued). Operations that fail with
+    /// BadInput are quarantined and the drain continues.
+    ///
+    /// Up to `parallel_ops` operations run at once, but never two that touch the same object: an
+    /// operation waits for every earlier queued operation whose subject or member is one of its own
+    /// (so a membership waits for both creates, and one group's member changes keep their order).
+    /// Each completion is recorded on its own, so a crash replays exactly the unfinished ones.
     pub async fn drain(&self, shutdown: &watch::Receiver<bool>) -> Result<DrainReport, ExecError> {
         let mut report = DrainReport::default();
         let batch = self.inner.config.batch.max(1);
         let mut after = None;
         loop {
             let pending = self.inner.store.pending_ops(after, batch)?;
-            if pending.is_empty() {
+            let Some(&(last, _)) = pending.last() else {
+                return Ok(report);
+            };
+            after = Some(last);
+            self.drain_page(pending, shutdown, &mut report).await?;
+            if report.interrupted {
                 return Ok(report);
             }
-            for (seq, op) in pending {
-                after = Some(seq);
-                if *shutdown.borrow() {
-                    report.interrupted = true;
-                    return Ok(report);
+        }
+    }
+
+    /// One page of the outbox, as concurrently as its dependencies allow (see [`Executor::drain`]).
+    /// Completions are group-committed by a committer task (one store transaction, one fsync, for
+    /// every completion that arrived meanwhile), so the drain keeps its requests going while the
+    /// store syncs; an operation counts as done, for its dependents too, once its commit returned.
+    async fn drain_page(
+        &self,
+        pending: Vec<(u64, Op)>,
+        shutdown: &watch::Receiver<bool>,
+        report: &mut DrainReport,
+    ) -> Result<(), ExecError> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+
+        let parallel = self.inner.config.parallel_ops.max(1);
+        let deps = dependencies(&pending);
+        let mut done = vec![false; pending.len()];
+        let mut started = vec![false; pending.len()];
+        let mut running = FuturesUnordered::new();
+        let mut stop: Option<ExecError> = None;
+        let (to_commit, mut commits) =
+            tokio::sync::mpsc::unbounded_channel::<(usize, u64, LinkEffect)>();
+        let (committed_tx, mut committed) =
+            tokio::sync::mpsc::unbounded_channel::<Result<Vec<usize>, StoreError>>();
+        let store = self.inner.store.clone();
+        let committer = tokio::spawn(async move {
+            while let Some(first) = commits.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = commits.try_recv() {
+                    batch.push(more);
                 }
-                let span = crate::change_trace::take(seq, &op);
-                let ran =
-                    tracing::Instrument::instrument(self.run_with(seq, &op, Some(shutdown)), span)
+                let store = store.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let items: Vec<(u64, LinkEffect)> =
+                        batch.iter().map(|(_, seq, e)| (*seq, e.clone())).collect();
+                    store
+                        .complete_ops(&items)
+                        .map(|()| batch.into_iter().map(|(i, _, _)| i).collect())
+                })
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
+                let failed = result.is_err();
+                if committed_tx.send(result).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut committing = 0usize;
+        let outcome = loop {
+            if stop.is_none() && !report.interrupted {
+                for i in 0..pending.len() {
+                    if running.len() >= parallel {
+                        break;
+                    }
+                    if started[i] || !deps[i].iter().all(|&d| done[d]) {
+                        continue;
+                    }
+                    if *shutdown.borrow() {
+                        report.interrupted = true;
+                        break;
+                    }
+                    started[i] = true;
+                    let (seq, op) = &pending[i];
+                    let span = crate::change_trace::take(*seq, op);
+                    running.push(async move {
+                        let ran = tracing::Instrument::instrument(
+                            self.run_with(*seq, op, Some(shutdown)),
+                            span,
+                        )
                         .await;
-                match ran {
-                    Ok(effect) => {
-                        self.blocking(move |s| s.complete_op(seq, &effect)).await?;
+                        (i, ran)
+                    });
+                }
+            }
+            if running.is_empty() && committing == 0 {
+                break Ok(());
+            }
+            tokio::select! {
+                Some(result) = committed.recv(), if committing > 0 => {
+                    let indices = match result {
+                        Ok(indices) => indices,
+                        Err(e) => break Err(ExecError::from(e)),
+                    };
+                    committing -= indices.len();
+                    for i in indices {
+                        let (seq, op) = (pending[i].0, &pending[i].1);
                         crate::metrics::change(
                             &op.subject().domain,
                             crate::health::Direction::AdToJumpcloud,
@@ -204,35 +292,54 @@ impl Executor {
                         );
                         crate::progress::written();
                         report.completed += 1;
+                        done[i] = true;
                         tracing::debug!(seq, "operation completed");
                     }
-                    Err(ExecError::Shutdown) => {
-                        report.interrupted = true;
-                        return Ok(report);
+                }
+                Some((i, ran)) = running.next(), if !running.is_empty() => {
+                    let (seq, op) = (pending[i].0, &pending[i].1);
+                    match ran {
+                        Ok(effect) => {
+                            committing += 1;
+                            if to_commit.send((i, seq, effect)).is_err() {
+                                break Err(ExecError::from(StoreError::Task(
+                                    "the outbox committer stopped".into(),
+                                )));
+                            }
+                        }
+                        Err(ExecError::Shutdown) => report.interrupted = true,
+                        Err(e) => match e.disposition() {
+                            Disposition::BadInput => {
+                                crate::metrics::object_error(&op.subject().domain, &e.disposition());
+                                let text = e.to_string();
+                                tracing::warn!(seq, error = %text, "operation quarantined");
+                                let t = text.clone();
+                                self.blocking(move |s| s.quarantine_op(seq, &t)).await?;
+                                crate::progress::written();
+                                report.quarantined.push((seq, text));
+                                done[i] = true;
+                            }
+                            Disposition::Fatal => {
+                                tracing::error!(seq, error = %e, "drain stopped");
+                                stop.get_or_insert(e);
+                            }
+                            Disposition::Retry
+                            | Disposition::Throttled { .. }
+                            | Disposition::FailOver => {
+                                tracing::warn!(seq, error = %e, "drain paused; the operation stays queued");
+                                stop.get_or_insert(e);
+                            }
+                        },
                     }
-                    Err(e) => match e.disposition() {
-                        Disposition::BadInput => {
-                            crate::metrics::object_error(&op.subject().domain, &e.disposition());
-                            let text = e.to_string();
-                            tracing::warn!(seq, error = %text, "operation quarantined");
-                            let t = text.clone();
-                            self.blocking(move |s| s.quarantine_op(seq, &t)).await?;
-                            crate::progress::written();
-                            report.quarantined.push((seq, text));
-                        }
-                        Disposition::Fatal => {
-                            tracing::error!(seq, error = %e, "drain stopped");
-                            return Err(e);
-                        }
-                        Disposition::Retry
-                        | Disposition::Throttled { .. }
-                        | Disposition::FailOver => {
-                            tracing::warn!(seq, error = %e, "drain paused; the operation stays queued");
-                            return Err(e);
-                        }
-                    },
                 }
             }
+        };
+        drop(to_commit);
+        let _ = committer.await;
+        outcome?;
+        match stop {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -440,6 +547,33 @@ fn describe(seq: u64, op: &Op) -> String {
     format!("#{seq} {detail}")
 }
 
+/// For each operation of a page, the earlier ones it must wait for: the last earlier operation
+/// touching each object it touches (its subject, and the user of a membership change).
+fn dependencies(ops: &[(u64, Op)]) -> Vec<Vec<usize>> {
+    fn touched(op: &Op) -> Vec<&Anchor> {
+        match op {
+            Op::AddMember { group, user } | Op::RemoveMember { group, user } => vec![group, user],
+            other => vec![other.subject()],
+        }
+    }
+    let mut last: std::collections::HashMap<&Anchor, usize> = std::collections::HashMap::new();
+    let mut deps = Vec::with_capacity(ops.len());
+    for (i, (_, op)) in ops.iter().enumerate() {
+        let anchors = touched(op);
+        let mut mine: Vec<usize> = anchors
+            .iter()
+            .filter_map(|a| last.get(a).copied())
+            .collect();
+        mine.sort_unstable();
+        mine.dedup();
+        for a in anchors {
+            last.insert(a, i);
+        }
+        deps.push(mine);
+    }
+    deps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,5 +604,61 @@ mod tests {
             },
         );
         assert_eq!(d, format!("#7 AddMember {anchor} to {anchor}"));
+    }
+
+    #[test]
+    fn an_operation_waits_for_the_earlier_ones_on_its_objects_and_no_others() {
+        let a = |n: u8| Anchor {
+            domain: "alpha".into(),
+            guid: crate::model::ObjectGuid::from_bytes(&[n; 16]).unwrap(),
+        };
+        let (u1, u2, g) = (a(1), a(2), a(3));
+        let remove = |anchor: &Anchor| Op::RemoveUser {
+            anchor: anchor.clone(),
+            action: crate::model::RemoveAction::Delete,
+        };
+        let ops = vec![
+            (1, remove(&u1)),
+            (2, remove(&u2)),
+            (3, Op::DeleteGroup { anchor: g.clone() }),
+            (
+                4,
+                Op::AddMember {
+                    group: g.clone(),
+                    user: u1.clone(),
+                },
+            ),
+            (
+                5,
+                Op::AddMember {
+                    group: g.clone(),
+                    user: u2.clone(),
+                },
+            ),
+            (6, remove(&u1)),
+        ];
+        let deps = dependencies(&ops);
+        assert_eq!(
+            deps[0],
+            Vec::<usize>::new(),
+            "independent objects start at once"
+        );
+        assert_eq!(deps[1], Vec::<usize>::new());
+        assert_eq!(deps[2], Vec::<usize>::new());
+        assert_eq!(
+            deps[3],
+            vec![0, 2],
+            "a membership waits for its user and its group"
+        );
+        assert_eq!(
+            deps[4],
+            vec![1, 3],
+            "one group's member changes keep their order"
+        );
+        assert_eq!(
+            deps[5],
+            vec![3],
+            "a user's removal waits for its membership change"
+        );
     }
 }

@@ -211,6 +211,24 @@ impl Store {
         txn.commit().map_err(StoreError::db)
     }
 
+    /// One transaction for several completed operations (a group commit: one fsync): removes each
+    /// from the outbox and applies its effect to the links, in the order given. Nothing is written
+    /// when one of them is not queued ([`StoreError::NoSuchOp`]).
+    pub fn complete_ops(&self, done: &[(u64, LinkEffect)]) -> Result<(), StoreError> {
+        let txn = self.begin_write()?;
+        {
+            let mut outbox = txn.open_table(OUTBOX).map_err(StoreError::db)?;
+            let mut links = txn.open_table(LINKS).map_err(StoreError::db)?;
+            for (seq, effect) in done {
+                if outbox.remove(*seq).map_err(StoreError::db)?.is_none() {
+                    return Err(StoreError::NoSuchOp { seq: *seq });
+                }
+                apply_effect(&mut links, effect)?;
+            }
+        }
+        txn.commit().map_err(StoreError::db)
+    }
+
     /// One transaction: moves operation `seq` from the outbox to the quarantine, with `error`.
     pub fn quarantine_op(&self, seq: u64, error: &str) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
