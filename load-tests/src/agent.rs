@@ -92,6 +92,11 @@ impl Agent {
         Ok(Agent { child, log })
     }
 
+    /// The agent's process id (for /proc samples).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Where the agent's log goes (for error messages).
     pub fn log_path(&self) -> &Path {
         &self.log
