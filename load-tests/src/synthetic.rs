@@ -17,10 +17,11 @@ use crate::jumpcloud::start_emulator;
 use crate::synthetic_ldap::{Shape, SyntheticDc, BASE_DN, BIND_DN, BIND_PASSWORD, ROOT_GROUP_DN};
 
 const KEY: &str = "synthetic-bench-key";
-/// Warnings, plus the coordinator's "batch committed" line (the end of the full read and its plan).
-const LOG_FILTER: &str = "warn,forestsync_actors::coordinator::import=info";
-const BATCH_LINE: &str = "batch committed";
+/// The agent's default log level: an info filter would add a log line per queued operation.
+const LOG_FILTER: &str = "warn";
 const POLL: Duration = Duration::from_millis(100);
+/// How often the agent's /metrics is read while waiting for the end of its full read.
+const METRICS_POLL: Duration = Duration::from_millis(500);
 
 pub struct Options {
     pub users: u64,
@@ -36,6 +37,7 @@ pub struct Options {
 struct ProcSample {
     vm_rss_kb: u64,
     vm_hwm_kb: u64,
+    rss_anon_kb: u64,
     cpu_seconds: f64,
 }
 
@@ -63,6 +65,7 @@ fn proc_sample(pid: u32) -> Result<ProcSample> {
     Ok(ProcSample {
         vm_rss_kb: kb("VmRSS:"),
         vm_hwm_kb: kb("VmHWM:"),
+        rss_anon_kb: kb("RssAnon:"),
         cpu_seconds: (ticks(11) + ticks(12)) as f64 / hz,
     })
 }
@@ -105,11 +108,25 @@ fn count_lines(path: &Path) -> Result<u64> {
     }
 }
 
-/// The `ms=` field of a log line (the coordinator's planning time).
-fn field_ms(line: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("ms="))
-        .and_then(|v| v.trim_matches('"').parse().ok())
+/// The agent's Prometheus exposition (its ops endpoint), `None` when not reachable (yet).
+async fn metrics(client: &reqwest::Client, url: &str) -> Option<String> {
+    client.get(url).send().await.ok()?.text().await.ok()
+}
+
+/// The sum of the samples named `name` (any labels) in a Prometheus exposition.
+fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if key == name || key.strip_prefix(name).is_some_and(|r| r.starts_with('{')) {
+            if let Ok(v) = value.parse::<f64>() {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
 }
 
 pub async fn run(o: Options) -> Result<()> {
@@ -162,9 +179,15 @@ pub async fn run(o: Options) -> Result<()> {
     let agent = Agent::start(&agent_bin, &config, dir.join("agent.log"), LOG_FILTER)?;
     let pid = agent.pid();
     let started = Instant::now();
+    let metrics_url = format!("http://127.0.0.1:{ops_port}/metrics");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let mut next_metrics = started;
     let deadline = started + Duration::from_secs(o.timeout_seconds);
 
-    let mut read_done: Option<(Duration, Option<u64>)> = None;
+    // When the agent's scope gauge first showed objects: its full read and plan were committed.
+    let mut read_done: Option<Duration> = None;
     let mut rss_at_read_kb = 0u64;
     let mut max_rss_kb = 0u64;
     let mut log_size = 0u64;
@@ -189,10 +212,13 @@ pub async fn run(o: Options) -> Result<()> {
         let sample = proc_sample(pid)
             .with_context(|| format!("the agent stopped; see {}", agent.log_path().display()))?;
         max_rss_kb = max_rss_kb.max(sample.vm_rss_kb);
-        if read_done.is_none() {
-            if let Some(line) = agent.log()?.lines().find(|l| l.contains(BATCH_LINE)) {
-                read_done = Some((started.elapsed(), field_ms(line)));
-                rss_at_read_kb = sample.vm_rss_kb;
+        if read_done.is_none() && Instant::now() >= next_metrics {
+            next_metrics = Instant::now() + METRICS_POLL;
+            if let Some(text) = metrics(&http, &metrics_url).await {
+                if metric_sum(&text, "forestsync_scope_objects").unwrap_or(0.0) > 0.0 {
+                    read_done = Some(started.elapsed());
+                    rss_at_read_kb = sample.vm_rss_kb;
+                }
             }
         }
         let size = std::fs::metadata(&request_log).map_or(0, |m| m.len());
@@ -221,22 +247,26 @@ pub async fn run(o: Options) -> Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(o.idle_seconds)).await;
     let idle = proc_sample(pid)?;
+    let final_metrics = metrics(&http, &metrics_url).await.unwrap_or_default();
+    // The agent's own timing of its LDAP reads (the full read is one observation).
+    let ldap_read_seconds = metric_sum(
+        &final_metrics,
+        "forestsync_ldap_search_duration_seconds_sum",
+    );
     let log = agent.log()?;
     drop(agent);
     emu.shutdown().await;
     drop(dc);
+    let state_db_mb = std::fs::metadata(dir.join("state").join("forestsync.redb"))
+        .map(|m| round(m.len() as f64 / (1024.0 * 1024.0), 1))
+        .ok();
 
     let api_requests_total = count_lines(&request_log)?;
     let objects = shape.users + shape.groups + 2;
     let warnings = log.lines().filter(|l| l.contains(" WARN ")).count();
     let errors = log.lines().filter(|l| l.contains(" ERROR ")).count();
-    let (read_seconds, plan_ms) = match read_done {
-        Some((at, ms)) => (
-            Some(round(at.as_secs_f64() - ms.unwrap_or(0) as f64 / 1000.0, 2)),
-            ms,
-        ),
-        None => (None, None),
-    };
+    let read_seconds = ldap_read_seconds.map(|s| round(s, 2));
+    let read_and_plan_seconds = read_done.map(|d| round(d.as_secs_f64(), 1));
     let figures = json!({
         "scenario": "synthetic",
         "users": shape.users,
@@ -252,6 +282,8 @@ pub async fn run(o: Options) -> Result<()> {
         "rss_after_read_mb": mb(rss_at_read_kb),
         "rss_at_sync_end_mb": mb(synced.vm_rss_kb),
         "idle_rss_mb": mb(idle.vm_rss_kb),
+        "idle_rss_anon_mb": mb(idle.rss_anon_kb),
+        "state_db_mb": state_db_mb,
         "idle_seconds": o.idle_seconds,
         "cpu_seconds": round(synced.cpu_seconds, 2),
         "cpu_seconds_incl_idle": round(idle.cpu_seconds, 2),
@@ -259,24 +291,26 @@ pub async fn run(o: Options) -> Result<()> {
         "cpu_ms_per_api_request": round(synced.cpu_seconds * 1000.0 / api_requests_total.max(1) as f64, 3),
         "binary_size_mb": binary_size_mb,
         "read_seconds": read_seconds,
-        "plan_ms": plan_ms,
+        "read_and_plan_seconds": read_and_plan_seconds,
         "agent_warnings": warnings,
         "agent_errors": errors,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "note": "read_seconds: agent start to the full read's \"batch committed\" log line minus its planning ms (100 ms polling); the DC and the emulator run in the driver's process",
+        "note": "read_seconds: the agent's forestsync_ldap_search_duration_seconds_sum (its full DirSync read with ranged member reads); read_and_plan_seconds: agent start until its scope gauge showed objects (500 ms polling); the DC and the emulator run in the driver's process",
     });
     println!(
-        "agent: peak RSS {} MB (VmHWM; {} MB right after the read), {} MB after {} s idle; {} CPU s ({} ms per object, {} ms per API request); {} API requests; read {:?} s, plan {:?} ms; {} warnings, {} errors in its log",
+        "agent: peak RSS {} MB (VmHWM; {} MB right after the read), {} MB after {} s idle ({} MB anonymous; state DB {} MB); {} CPU s ({} ms per object, {} ms per API request); {} API requests; LDAP read {:?} s, read + plan {:?} s; {} warnings, {} errors in its log",
         figures["peak_rss_mb"],
         figures["rss_after_read_mb"],
         figures["idle_rss_mb"],
         o.idle_seconds,
+        figures["idle_rss_anon_mb"],
+        figures["state_db_mb"],
         figures["cpu_seconds"],
         figures["cpu_ms_per_object"],
         figures["cpu_ms_per_api_request"],
         api_requests_total,
         read_seconds,
-        plan_ms,
+        read_and_plan_seconds,
         warnings,
         errors
     );
