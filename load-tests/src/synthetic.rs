@@ -228,7 +228,7 @@ pub async fn run(o: Options) -> Result<()> {
         }
         if Instant::now() >= next_state_check {
             let t = Instant::now();
-            last_counts = counts(&emu.state());
+            last_counts = tokio::task::block_in_place(|| counts(&emu.state()));
             // Keep the driver's share of the CPU small: the state document is built from scratch.
             next_state_check = Instant::now() + (t.elapsed() * 5).max(Duration::from_secs(1));
             if last_counts.0 >= want.0 && last_counts.1 >= want.1 && last_counts.2 >= want.2 {

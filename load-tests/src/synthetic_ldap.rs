@@ -566,34 +566,35 @@ pub struct SyntheticDc {
 }
 
 impl SyntheticDc {
+    /// Starts the DC on its own thread and single-threaded runtime, so the driver's work (the
+    /// emulator, state polling) never delays its answers (the agent's probe allows 2 s).
     pub async fn start(shape: Shape) -> Result<SyntheticDc> {
         let (acceptor, ca_pem) = tls_acceptor()?;
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the synthetic DC")?;
-        let addr = listener.local_addr()?;
+        let std_listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("binding the synthetic DC")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
         let domain = Arc::new(Domain {
             shape,
             invocation_id: guid_bytes(3, 1),
             dsa_guid: guid_bytes(3, 2),
         });
-        let (stop, mut stop_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop_rx.changed() => return,
-                    accepted = listener.accept() => {
-                        let Ok((tcp, _)) = accepted else { continue };
-                        let _ = tcp.set_nodelay(true);
-                        let (acceptor, domain, stop_rx) = (acceptor.clone(), domain.clone(), stop_rx.clone());
-                        tokio::spawn(async move {
-                            let Ok(tls) = acceptor.accept(tcp).await else { return };
-                            let _ = serve(tls, &domain, stop_rx).await;
-                        });
-                    }
-                }
-            }
-        });
+        let (stop, stop_rx) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("the synthetic DC's runtime")?;
+        std::thread::Builder::new()
+            .name("synthetic-dc".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(std_listener) else {
+                        return;
+                    };
+                    accept_loop(listener, acceptor, domain, stop_rx).await
+                })
+            })
+            .context("starting the synthetic DC's thread")?;
         Ok(SyntheticDc { addr, ca_pem, stop })
     }
 
@@ -609,6 +610,28 @@ impl SyntheticDc {
 impl Drop for SyntheticDc {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    domain: Arc<Domain>,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop_rx.changed() => return,
+            accepted = listener.accept() => {
+                let Ok((tcp, _)) = accepted else { continue };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, domain, stop_rx) = (acceptor.clone(), domain.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let _ = serve(tls, &domain, stop_rx).await;
+                });
+            }
+        }
     }
 }
 
