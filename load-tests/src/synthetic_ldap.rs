@@ -84,7 +84,7 @@ impl Shape {
         if groups < 2 {
             bail!("--groups must be at least 2 (one first-level and one second-level group)");
         }
-        if users > 0xff_ffff_ffff || groups > 800_000 {
+        if users > 100_000_000 || groups > 800_000 {
             bail!("too many objects for the synthetic GUID/RID scheme");
         }
         Ok(Shape {
@@ -562,6 +562,7 @@ impl Wanted {
 pub struct SyntheticDc {
     addr: SocketAddr,
     ca_pem: String,
+    ca_der: CertificateDer<'static>,
     stop: watch::Sender<bool>,
 }
 
@@ -569,7 +570,7 @@ impl SyntheticDc {
     /// Starts the DC on its own thread and single-threaded runtime, so the driver's work (the
     /// emulator, state polling) never delays its answers (the agent's probe allows 2 s).
     pub async fn start(shape: Shape) -> Result<SyntheticDc> {
-        let (acceptor, ca_pem) = tls_acceptor()?;
+        let (acceptor, ca_pem, ca_der) = tls_acceptor()?;
         let std_listener =
             std::net::TcpListener::bind("127.0.0.1:0").context("binding the synthetic DC")?;
         std_listener.set_nonblocking(true)?;
@@ -595,7 +596,12 @@ impl SyntheticDc {
                 })
             })
             .context("starting the synthetic DC's thread")?;
-        Ok(SyntheticDc { addr, ca_pem, stop })
+        Ok(SyntheticDc {
+            addr,
+            ca_pem,
+            ca_der,
+            stop,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -604,6 +610,12 @@ impl SyntheticDc {
 
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The CA certificate (DER), for a client's root store.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca_der.clone()
     }
 }
 
@@ -635,7 +647,7 @@ async fn accept_loop(
     }
 }
 
-fn tls_acceptor() -> Result<(TlsAcceptor, String)> {
+fn tls_acceptor() -> Result<(TlsAcceptor, String, CertificateDer<'static>)> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
@@ -662,14 +674,15 @@ fn tls_acceptor() -> Result<(TlsAcceptor, String)> {
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let leaf = params.signed_by(&leaf_key, &issuer)?;
-    let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone(), ca_cert.der().clone()];
+    let ca_der = ca_cert.der().clone();
+    let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone(), ca_der.clone()];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    Ok((TlsAcceptor::from(Arc::new(cfg)), ca_pem))
+    Ok((TlsAcceptor::from(Arc::new(cfg)), ca_pem, ca_der))
 }
 
 /// The length of the first complete BER element in `buf`: `Ok(None)` when more bytes are needed.
@@ -1161,6 +1174,77 @@ mod tests {
             d.obj_of_dn("CN=synu0100,OU=Users,OU=Synthetic,DC=synthetic,DC=test"),
             None
         );
+    }
+
+    /// forestsync's own reader against the server: bind, rootDSE, invocationId, DirSync full read with
+    /// ranged member reads (windows of 7 over groups of up to 40 members), then nothing new on the cookie.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forestsyncs_reader_reads_the_whole_domain() {
+        use forestsync_actors::directory::{read, DcEndpoint, DcSession, ReadSpec, Timeouts};
+        use forestsync_actors::model::{DirChange, MemberDelta, ObjectKind};
+        use forestsync_actors::secret::Secret;
+
+        let shape = Shape::new(40, 12, 40).unwrap();
+        let dc = SyntheticDc::start(shape).await.unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(dc.ca_der()).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let endpoint = DcEndpoint::parse(&dc.url()).unwrap();
+        let mut s = DcSession::connect(&endpoint, Arc::new(tls), Timeouts::default())
+            .await
+            .unwrap();
+        assert!(s.bind(BIND_DN, &Secret::new("wrong")).await.is_err());
+        s.bind(BIND_DN, &Secret::new(BIND_PASSWORD)).await.unwrap();
+        let dse = s.root_dse().await.unwrap();
+        assert_eq!(dse.highest_committed_usn, Some(shape.highest_usn()));
+        let dsa = dse.ds_service_name.unwrap();
+        assert!(read::invocation_id(&mut s, &dsa).await.is_ok());
+
+        let mut spec = ReadSpec::new(BASE_DN);
+        spec.range_size = 7;
+        let (changes, cookie) = read::full_read(&mut s, &spec).await.unwrap();
+        let objects: Vec<_> = changes
+            .into_iter()
+            .map(|c| match c {
+                DirChange::Upsert(o) => o,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        let users = objects
+            .iter()
+            .filter(|o| o.kind == ObjectKind::User)
+            .count();
+        assert_eq!(users, 40);
+        assert_eq!(objects.len() as u64, 40 + shape.group_count());
+        let members = |dn: &str| match &objects.iter().find(|o| o.dn == dn).unwrap().members {
+            MemberDelta::Replace(m) => m.clone(),
+            other => panic!("{dn}: {other:?}"),
+        };
+        let large = members(&format!("CN=synlarge,OU=Groups,OU=Synthetic,{BASE_DN}"));
+        assert_eq!(large.len(), 40);
+        assert_eq!(
+            large[39],
+            format!("CN=synu39,OU=Users,OU=Synthetic,{BASE_DN}")
+        );
+        assert_eq!(members(ROOT_GROUP_DN).len() as u64, 1 + shape.g1());
+        let u0 = objects
+            .iter()
+            .find(|o| o.dn.starts_with("CN=synu0,"))
+            .unwrap();
+        assert_eq!(u0.attrs["samaccountname"], vec!["synu0".to_string()]);
+        assert_eq!(u0.attrs["useraccountcontrol"], vec!["512".to_string()]);
+        assert!(u0.rid.is_some());
+
+        let (again, same) = read::changes_since(&mut s, &spec, &cookie).await.unwrap();
+        assert!(again.is_empty());
+        assert_eq!(same, cookie);
+        assert!(read::changes_since(&mut s, &spec, b"bogus").await.is_err());
     }
 
     #[test]
