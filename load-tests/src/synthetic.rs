@@ -189,7 +189,6 @@ pub async fn run(o: Options) -> Result<()> {
     // When the agent's scope gauge first showed objects: its full read and plan were committed.
     let mut read_done: Option<Duration> = None;
     let mut rss_at_read_kb = 0u64;
-    let mut max_rss_kb = 0u64;
     let mut log_size = 0u64;
     let mut last_growth = started;
     let mut next_state_check = started;
@@ -211,7 +210,6 @@ pub async fn run(o: Options) -> Result<()> {
         }
         let sample = proc_sample(pid)
             .with_context(|| format!("the agent stopped; see {}", agent.log_path().display()))?;
-        max_rss_kb = max_rss_kb.max(sample.vm_rss_kb);
         if read_done.is_none() && Instant::now() >= next_metrics {
             next_metrics = Instant::now() + METRICS_POLL;
             if let Some(text) = metrics(&http, &metrics_url).await {
