@@ -92,7 +92,7 @@ impl Agent {
         Ok(Agent { child, log })
     }
 
-    /// The agent's process id.
+    /// The agent's process id (for /proc samples).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -22,6 +22,8 @@ mod lab;
 mod latency;
 mod stats;
 mod sync_latency;
+mod synthetic;
+mod synthetic_ldap;
 mod two_way;
 
 #[derive(Parser)]
@@ -151,6 +153,30 @@ enum Scenario {
         #[arg(long)]
         agent: Option<std::path::PathBuf>,
     },
+    /// The agent's own cost per object: an initial sync (ad-authoritative) from an in-process
+    /// synthetic LDAPS DC with a generated domain into the in-process emulator; peak and idle RSS,
+    /// CPU seconds. Needs no lab.
+    Synthetic {
+        /// Users in the generated domain (all in scope).
+        #[arg(long, default_value_t = 10000)]
+        users: u64,
+        /// Groups besides the root group and the large group (a tenth first-level, the rest nested
+        /// in them; every user in one second-level group).
+        #[arg(long, default_value_t = 100)]
+        groups: u64,
+        /// Members of the large group (default: every user).
+        #[arg(long)]
+        large_group: Option<u64>,
+        /// Seconds the agent idles after the sync before its idle RSS is sampled.
+        #[arg(long, default_value_t = 10)]
+        idle_seconds: u64,
+        /// Give up when the initial sync takes longer.
+        #[arg(long, default_value_t = 3600)]
+        timeout_seconds: u64,
+        /// The forestsync binary to run as the agent (default: next to this program).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -230,6 +256,24 @@ async fn main() -> Result<()> {
             seed,
             agent,
         } => two_way::churn(minutes, users, seed, agent).await,
+        Scenario::Synthetic {
+            users,
+            groups,
+            large_group,
+            idle_seconds,
+            timeout_seconds,
+            agent,
+        } => {
+            synthetic::run(synthetic::Options {
+                users,
+                groups,
+                large: large_group,
+                agent,
+                idle_seconds,
+                timeout_seconds,
+            })
+            .await
+        }
     }
 }
 
