@@ -42,6 +42,9 @@ const LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("links");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
+/// redb's page cache (its default is 1 GiB).
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The next outbox sequence number to hand out (in `COUNTERS`).
 const NEXT_SEQ: &str = "next_seq";
 
@@ -77,10 +80,15 @@ impl Store {
         create_private_dir(state_dir)?;
         let path = state_dir.join(FILE_NAME);
         create_private_file(&path)?;
-        let db = Database::create(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
+        // redb's default page cache is 1 GiB and is never trimmed: the agent's resident memory would
+        // grow with the store. The working set is the recent pages; the OS page cache has the rest.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
         let store = Store {
             inner: Arc::new(Inner { db, path }),
         };
