@@ -87,7 +87,8 @@ struct Gate {
 
 impl Pacer {
     pub(super) fn new(limits: &RateLimits, retry: &RetryPolicy) -> Pacer {
-        let quota = Quota::per_minute(limits.per_minute).allow_burst(limits.burst);
+        let (steady, burst) = window_quota(limits.per_minute, limits.burst);
+        let quota = Quota::per_minute(steady).allow_burst(burst);
         let slow_rate = NonZeroU32::new(limits.per_minute.get() / limits.slowdown_divisor.get())
             .unwrap_or(NonZeroU32::MIN);
         Pacer {
@@ -227,6 +228,17 @@ impl<'a> Backoff<'a> {
     }
 }
 
+/// The limiter's steady rate and burst for a budget of `per_minute` requests in any minute: the
+/// burst is taken out of the budget (a GCRA at `per_minute` plus a burst would allow `per_minute +
+/// burst` in the first minute, and JumpCloud answers 429 over its budget). The burst is at most half
+/// the budget.
+fn window_quota(per_minute: NonZeroU32, burst: NonZeroU32) -> (NonZeroU32, NonZeroU32) {
+    let budget = per_minute.get();
+    let burst = burst.get().min(budget / 2).max(1);
+    let steady = NonZeroU32::new(budget.saturating_sub(burst)).unwrap_or(NonZeroU32::MIN);
+    (steady, NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+}
+
 /// A uniform random number in `[0, 1)` (jitter needs no cryptographic quality; std's SipHash keys are
 /// random per process).
 fn unit_random() -> f64 {
@@ -246,6 +258,19 @@ mod tests {
         assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
         let low = xs.iter().filter(|x| **x < 0.5).count();
         assert!((350..650).contains(&low), "{low}");
+    }
+
+    #[test]
+    fn no_minute_holds_more_requests_than_the_budget() {
+        let n = |v: u32| NonZeroU32::new(v).unwrap();
+        for (budget, burst) in [(600, 20), (600, 600), (60_000, 200), (1, 1), (3, 10)] {
+            let (steady, b) = window_quota(n(budget), n(burst));
+            assert!(
+                steady.get() + b.get() <= budget.max(2),
+                "{budget}/{burst} -> {steady}+{b}"
+            );
+        }
+        assert_eq!(window_quota(n(600), n(20)), (n(580), n(20)));
     }
 
     #[tokio::test]
