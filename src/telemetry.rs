@@ -119,6 +119,16 @@ pub fn init() {
 }
 
 fn init_logs(format: LogFormat) {
+    let _ = tracing_subscriber::registry()
+        .with(log_layer(format))
+        .try_init();
+}
+
+/// The stderr log layer: JSON or text per [`json_logs`], filtered by [`log_filter`].
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -128,9 +138,7 @@ fn init_logs(format: LogFormat) {
     } else {
         fmt.boxed()
     };
-    let _ = tracing_subscriber::registry()
-        .with(fmt.with_filter(log_filter()))
-        .try_init();
+    fmt.with_filter(log_filter()).boxed()
 }
 
 /// The OTLP/HTTP URL of one signal: `<otlp_endpoint>/v1/<signal>` from the config file; `None` when
@@ -230,15 +238,6 @@ pub fn init_agent(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError>
     let meter = meter.build();
     opentelemetry::global::set_meter_provider(meter.clone());
 
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let fmt = if json_logs(config.log_format) {
-        fmt.json().boxed()
-    } else {
-        fmt.boxed()
-    };
     // Spans of forestsync's own crates at info and above are traced, whatever the log filter says.
     let otel = tracer.as_ref().map(|provider| {
         opentelemetry::global::set_tracer_provider(provider.clone());
@@ -248,7 +247,7 @@ pub fn init_agent(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError>
             .with_filter(EnvFilter::new("forestsync=info,forestsync_actors=info"))
     });
     let _ = tracing_subscriber::registry()
-        .with(fmt.with_filter(log_filter()))
+        .with(log_layer(config.log_format))
         .with(otel)
         .try_init();
     Ok(Telemetry {

@@ -165,7 +165,6 @@ async fn poll_loop(
                 (p.usn, p.invocation_id)
             }
             Err(e) => {
-                crate::health::dc_down(&domain, url, &e);
                 fail_over(&domain, &dcs, &mut current, &e);
                 pending_read = true;
                 tokio::time::sleep(FAILOVER_PAUSE).await;
