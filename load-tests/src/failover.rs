@@ -10,23 +10,23 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use forestsync_actors::directory::{DcEndpoint, DcSession, Timeouts};
-use forestsync_actors::secret::Secret;
-use forestsync_actors::trust;
+use anyhow::{bail, Result};
+use forestsync_actors::directory::DcSession;
 
 use crate::agent::{scratch_dir, Agent, AgentConfig};
 use crate::figures::{sample, Figures};
-use crate::jumpcloud::{find_user, start_emulator};
+use crate::jumpcloud::{find_user, start_emulator, wait_for_users};
 use crate::lab::{
-    add_group, add_members, add_ou, add_user, delete_ou, lab_setup, run_tag, set_attr, LabVars,
+    add_group, add_members, add_ou, add_user, admin_session, delete_ou, lab_command, lab_setup,
+    run_tag, set_attr, LabVars,
 };
 use crate::stats::Samples;
 
 const KEY: &str = "failover-bench-key";
+/// LDAP operation timeout of the driver's sessions.
+const OPERATION: Duration = Duration::from_secs(30);
 
 pub struct Options {
     pub users: usize,
@@ -34,36 +34,6 @@ pub struct Options {
     pub before: u64,
     pub after: u64,
     pub agent: Option<PathBuf>,
-}
-
-async fn session(vars: &LabVars, url_var: &str) -> Result<DcSession> {
-    let tls = trust::client_config(Some(Path::new(&vars.get("LAB_CA_FILE")?)))?;
-    let mut s = DcSession::connect(
-        &DcEndpoint::parse(&vars.get(url_var)?)?,
-        tls,
-        Timeouts {
-            connect: Duration::from_secs(5),
-            operation: Duration::from_secs(30),
-        },
-    )
-    .await?;
-    s.bind(
-        &vars.get("LAB_ADMIN_DN_ALPHA")?,
-        &Secret::new(vars.get("LAB_ADMIN_PASSWORD")?),
-    )
-    .await?;
-    Ok(s)
-}
-
-fn lab(repo: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new(repo.join("deploy/lab/lab"))
-        .args(args)
-        .output()
-        .context("running deploy/lab/lab")?;
-    if !out.status.success() {
-        bail!("lab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }
 
 struct Pending {
@@ -74,7 +44,6 @@ struct Pending {
 }
 
 pub async fn run(o: Options) -> Result<()> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let setup = lab_setup(o.agent.clone()).await?;
     let (vars, agent_bin, mut dc1, base) =
         (setup.vars, setup.agent_bin, setup.admin, setup.base_dn);
@@ -97,12 +66,12 @@ pub async fn run(o: Options) -> Result<()> {
             &users.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>(),
         )
         .await?;
-        churn(&o, &repo, &vars, &agent_bin, &mut dc1, &root, &users).await
+        churn(&o, &vars, &agent_bin, &mut dc1, &root, &users).await
     }
     .await;
     // DC1 is back whatever happened.
-    let _ = lab(&repo, &["start-dc", "alpha-dc1"]);
-    if let Ok(mut s) = session(&vars, "LAB_ALPHA_DC1_URL").await {
+    let _ = lab_command(&["start-dc", "alpha-dc1"]);
+    if let Ok(mut s) = admin_session(&vars, "ALPHA", "DC1", OPERATION).await {
         delete_ou(&mut s, &ou).await;
     }
     result
@@ -110,7 +79,6 @@ pub async fn run(o: Options) -> Result<()> {
 
 async fn churn(
     o: &Options,
-    repo: &Path,
     vars: &LabVars,
     agent_bin: &Path,
     dc1: &mut DcSession,
@@ -127,20 +95,8 @@ async fn churn(
     }
     .write(&dir, &emu, vars)?;
     let agent = Agent::start(agent_bin, &config, dir.join("agent.log"), "warn")?;
-    let started = Instant::now();
-    while !users
-        .iter()
-        .all(|(sam, _)| find_user(&emu.state(), sam).is_some())
-    {
-        if started.elapsed() > Duration::from_secs(300) {
-            bail!(
-                "initial sync did not finish; see {}",
-                agent.log_path().display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut dc2 = session(vars, "LAB_ALPHA_DC2_URL").await?;
+    wait_for_users(&emu, users.iter().map(|(sam, _)| sam.as_str()), &agent).await?;
+    let mut dc2 = admin_session(vars, "ALPHA", "DC2", OPERATION).await?;
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut last: Vec<String> = vec!["Start".into(); users.len()];
     let mut samples = [Samples::default(), Samples::default(), Samples::default()];
@@ -158,7 +114,7 @@ async fn churn(
             _ => 2,
         };
         if phase == 1 && stopped_at.is_none() {
-            lab(repo, &["stop-dc", "alpha-dc1"])?;
+            lab_command(&["stop-dc", "alpha-dc1"])?;
             stopped_at = Some(Instant::now());
             eprintln!(
                 "DC1 stopped at {:.1} s",
@@ -168,8 +124,8 @@ async fn churn(
         if phase == 2 && !restarted {
             // Back to DC1: start it (replication brings it up to date) and write there again.
             restarted = true;
-            lab(repo, &["start-dc", "alpha-dc1"])?;
-            *dc1 = session(vars, "LAB_ALPHA_DC1_URL").await?;
+            lab_command(&["start-dc", "alpha-dc1"])?;
+            *dc1 = admin_session(vars, "ALPHA", "DC1", OPERATION).await?;
             eprintln!(
                 "DC1 started again at {:.1} s",
                 churn_started.elapsed().as_secs_f64()

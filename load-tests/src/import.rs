@@ -9,19 +9,19 @@
 //! so `api_budget_used_ratio` and `throttled_429_total` say how well the agent uses it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use forestsync_actors::directory::read::{ReadSpec, CHANGE_FILTER};
-use forestsync_actors::directory::{DcEndpoint, DcSession, Timeouts};
-use forestsync_actors::secret::Secret;
-use forestsync_actors::trust;
+use forestsync_actors::directory::DcSession;
 
 use crate::agent::{scratch_dir, Agent};
 use crate::figures::{free_port, ops_get, prom_sum, prom_with, sample, Figures};
 use crate::jumpcloud::agent_writes;
-use crate::lab::{add_group, add_members, delete_ou, run_tag, LabVars};
+use crate::lab::{
+    add_group, add_members, admin_session, agent_binary, delete_ou, lab_command, repo, run_tag,
+    LabVars,
+};
 
 const KEY: &str = "import-bench-key";
 
@@ -36,43 +36,14 @@ pub struct Options {
 }
 
 async fn admin(vars: &LabVars, domain: &str) -> Result<DcSession> {
-    let tls = trust::client_config(Some(Path::new(&vars.get("LAB_CA_FILE")?)))?;
-    let mut s = DcSession::connect(
-        &DcEndpoint::parse(&vars.get(&format!("LAB_{domain}_DC1_URL"))?)?,
-        tls,
-        Timeouts {
-            connect: Duration::from_secs(5),
-            operation: Duration::from_secs(600),
-        },
-    )
-    .await?;
-    s.bind(
-        &vars.get(&format!("LAB_ADMIN_DN_{domain}"))?,
-        &Secret::new(vars.get("LAB_ADMIN_PASSWORD")?),
-    )
-    .await?;
-    Ok(s)
+    admin_session(vars, domain, "DC1", Duration::from_secs(600)).await
 }
 
-fn seed(repo: &Path, domain: &str, users: usize, groups: usize, prefix: &str) -> Result<()> {
-    let out = Command::new(repo.join("deploy/lab/lab"))
-        .args(["seed", "--domain", domain, "--prefix", prefix])
-        .args([
-            "--users",
-            &users.to_string(),
-            "--groups",
-            &groups.to_string(),
-        ])
-        .output()
-        .context("running deploy/lab/lab seed")?;
-    if !out.status.success() {
-        bail!(
-            "lab seed {domain}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+fn seed(domain: &str, users: usize, groups: usize, prefix: &str) -> Result<()> {
+    let (users, groups) = (users.to_string(), groups.to_string());
+    lab_command(&[
+        "seed", "--domain", domain, "--prefix", prefix, "--users", &users, "--groups", &groups,
+    ])
 }
 
 /// Reads every object the agent's full read reads (same filter, same attributes) with one plain
@@ -102,18 +73,8 @@ async fn raw_read(vars: &LabVars) -> Result<(usize, f64)> {
 }
 
 pub async fn run(o: Options) -> Result<()> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let vars = LabVars::load(&repo)?;
-    let agent_bin = match &o.agent {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("forestsync"),
-    };
-    if !agent_bin.exists() {
-        bail!(
-            "{} not found; build it (cargo build --release -p forestsync) or pass --agent",
-            agent_bin.display()
-        );
-    }
+    let vars = LabVars::load(&repo())?;
+    let agent_bin = agent_binary(o.agent.clone())?;
     let prefix = run_tag("imp").replace('-', "");
     let (ua, ub) = (o.users / 2, o.users - o.users / 2);
     let (ga, gb) = (o.groups / 2, o.groups - o.groups / 2);
@@ -123,8 +84,8 @@ pub async fn run(o: Options) -> Result<()> {
     );
     // Distinct names per domain: the same username in two domains is a reported conflict, not synced.
     let (pa, pb) = (format!("{prefix}a"), format!("{prefix}b"));
-    seed(&repo, "alpha", ua, ga, &pa)?;
-    seed(&repo, "beta", ub, gb, &pb)?;
+    seed("alpha", ua, ga, &pa)?;
+    seed("beta", ub, gb, &pb)?;
     let alpha_base = vars.get("LAB_ALPHA_BASE_DN")?;
     let ou_a = format!("OU=Seed-{pa},OU=ADI,{alpha_base}");
     let ou_b = format!("OU=Seed-{pb},OU=ADI,{}", vars.get("LAB_BETA_BASE_DN")?);

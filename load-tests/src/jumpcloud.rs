@@ -126,6 +126,29 @@ pub fn find_user<'a>(state: &'a Value, username: &str) -> Option<&'a Value> {
         .find(|u| u["username"] == username)
 }
 
+/// Waits until the emulator holds a user named each of `usernames` (the agent's initial sync), for
+/// at most 300 s; the error names the agent's log.
+pub async fn wait_for_users<'a>(
+    emu: &jcemu::Emulator,
+    usernames: impl Iterator<Item = &'a str> + Clone,
+    agent: &crate::agent::Agent,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    while !usernames
+        .clone()
+        .all(|name| find_user(&emu.state(), name).is_some())
+    {
+        if started.elapsed() > std::time::Duration::from_secs(300) {
+            bail!(
+                "initial sync did not finish; see {}",
+                agent.log_path().display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// How many requests in the emulator's request log (JSON lines) are writes by a forestsync agent:
 /// its User-Agent starts with `forestsync/`, its method is not GET.
 pub fn agent_writes(request_log: &Path) -> Result<usize> {

@@ -53,43 +53,79 @@ pub struct LabSetup {
 }
 
 pub async fn lab_setup(agent_bin: Option<PathBuf>) -> Result<LabSetup> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let vars = LabVars::load(&repo)?;
-    let agent_bin = match agent_bin {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("forestsync"),
-    };
-    if !agent_bin.exists() {
-        bail!(
-            "{} not found; build it (cargo build --release -p forestsync) or pass --agent",
-            agent_bin.display()
-        );
-    }
-    let ca = PathBuf::from(vars.get("LAB_CA_FILE")?);
+    let vars = LabVars::load(&repo())?;
+    let agent_bin = agent_binary(agent_bin)?;
     let base_dn = vars.get("LAB_ALPHA_BASE_DN")?;
-    let tls = trust::client_config(Some(&ca))?;
-    let timeouts = Timeouts {
-        connect: Duration::from_secs(5),
-        operation: Duration::from_secs(60),
-    };
-    let mut admin = DcSession::connect(
-        &DcEndpoint::parse(&vars.get("LAB_ALPHA_DC1_URL")?)?,
-        tls,
-        timeouts,
-    )
-    .await?;
-    admin
-        .bind(
-            &vars.get("LAB_ADMIN_DN_ALPHA")?,
-            &Secret::new(vars.get("LAB_ADMIN_PASSWORD")?),
-        )
-        .await?;
+    let admin = admin_session(&vars, "ALPHA", "DC1", Duration::from_secs(60)).await?;
     Ok(LabSetup {
         vars,
         agent_bin,
         admin,
         base_dn,
     })
+}
+
+/// The repository's root (where `deploy/lab/lab` is).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The agent binary: `--agent`, or the `forestsync` next to this program; checked to exist.
+pub fn agent_binary(agent: Option<PathBuf>) -> Result<PathBuf> {
+    let bin = match agent {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("forestsync"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found; build it (cargo build --release -p forestsync) or pass --agent",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A verified LDAPS session on the lab's `domain` (`ALPHA`, `BETA`) DC `dc` (`DC1`, `DC2`), bound as
+/// the domain's Administrator.
+pub async fn admin_session(
+    vars: &LabVars,
+    domain: &str,
+    dc: &str,
+    operation: Duration,
+) -> Result<DcSession> {
+    let tls = trust::client_config(Some(Path::new(&vars.get("LAB_CA_FILE")?)))?;
+    let mut session = DcSession::connect(
+        &DcEndpoint::parse(&vars.get(&format!("LAB_{domain}_{dc}_URL"))?)?,
+        tls,
+        Timeouts {
+            connect: Duration::from_secs(5),
+            operation,
+        },
+    )
+    .await?;
+    session
+        .bind(
+            &vars.get(&format!("LAB_ADMIN_DN_{domain}"))?,
+            &Secret::new(vars.get("LAB_ADMIN_PASSWORD")?),
+        )
+        .await?;
+    Ok(session)
+}
+
+/// Runs `deploy/lab/lab ARGS` (seed, stop-dc, start-dc …); its output is the error when it fails.
+pub fn lab_command(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new(repo().join("deploy/lab/lab"))
+        .args(args)
+        .output()
+        .context("running deploy/lab/lab")?;
+    if !out.status.success() {
+        bail!(
+            "lab {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// A unique name for this run's objects: `prefix`, the process id, and a few digits of the clock (so

@@ -11,7 +11,7 @@ use forestsync_actors::directory::DcSession;
 use serde_json::{json, Value};
 
 use crate::agent::{scratch_dir, Agent, AgentConfig};
-use crate::jumpcloud::{find_user, start_emulator};
+use crate::jumpcloud::{find_user, start_emulator, wait_for_users};
 use crate::lab::{
     add_group, add_members, add_ou, add_user, delete_ou, lab_setup, set_attr, LabSetup, LabVars,
 };
@@ -122,18 +122,7 @@ async fn measure(
     std::fs::write(&passthrough, "[passwords]\nenforce_jumpcloud_policy = false\nsocket = \"passthrough/none.sock\"\nspool_dir = \"passthrough/spool\"\nkey_file = \"passthrough/password.key\"\n")?;
     let agent = Agent::start(agent_bin, &config, dir.join("agent.log"), "warn")?;
     let started = Instant::now();
-    while !dns
-        .iter()
-        .all(|(sam, _)| find_user(&emu.state(), sam).is_some())
-    {
-        if started.elapsed() > Duration::from_secs(300) {
-            bail!(
-                "initial sync did not finish; see {}",
-                agent.log_path().display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_users(&emu, dns.iter().map(|(sam, _)| sam.as_str()), &agent).await?;
     println!(
         "{}",
         json!({"scenario": "initial-import", "users": dns.len(), "seconds": started.elapsed().as_secs_f64()})
