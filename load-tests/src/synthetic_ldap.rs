@@ -32,11 +32,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use forestsync_actors::model::ObjectGuid;
 use ldap3::asn1::{parse_tag, StructureTag, TagClass, PL};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -647,42 +643,20 @@ async fn accept_loop(
     }
 }
 
+/// LDAPS with a throw-away CA (the emulator's certificate maker: names `127.0.0.1` and `localhost`).
 fn tls_acceptor() -> Result<(TlsAcceptor, String, CertificateDer<'static>)> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "forestsync synthetic DC CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let ca_pem = ca_cert.pem();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "dc1.synthetic.test");
-    params.is_ca = IsCa::NoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf = params.signed_by(&leaf_key, &issuer)?;
-    let ca_der = ca_cert.der().clone();
-    let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone(), ca_der.clone()];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let certs = jcemu::certs::generate(std::net::IpAddr::from([127, 0, 0, 1]))?;
+    let ca_der = certs
+        .chain
+        .last()
+        .context("the certificate chain ends with its CA")?
+        .clone();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    Ok((TlsAcceptor::from(Arc::new(cfg)), ca_pem, ca_der))
+        .with_single_cert(certs.chain, certs.key)?;
+    Ok((TlsAcceptor::from(Arc::new(cfg)), certs.ca_pem, ca_der))
 }
 
 /// The length of the first complete BER element in `buf`: `Ok(None)` when more bytes are needed.

@@ -14,7 +14,8 @@ pub mod spec;
 
 mod admin;
 mod api;
-mod certs;
+/// A throw-away CA and server certificate (also used by the load tests' synthetic DC).
+pub mod certs;
 mod channel;
 mod clock;
 mod coalesce;
