@@ -91,8 +91,13 @@ impl Pacer {
         let quota = Quota::per_minute(steady).allow_burst(burst);
         let slow_rate = NonZeroU32::new(limits.per_minute.get() / limits.slowdown_divisor.get())
             .unwrap_or(NonZeroU32::MIN);
+        // A restarted agent cannot know what its predecessor sent in the current minute, so it starts
+        // with the burst spent: sequential processes then never exceed the budget together (each adds
+        // at most its steady rate over its own lifetime; only the first can bring a saved-up burst).
+        let limiter = RateLimiter::direct(quota);
+        let _ = limiter.check_n(burst);
         Pacer {
-            limiter: RateLimiter::direct(quota),
+            limiter,
             slow: RateLimiter::direct(Quota::per_minute(slow_rate).allow_burst(NonZeroU32::MIN)),
             slowdown_for: limits.slowdown_for,
             max_retry_after: retry.max_retry_after,
@@ -271,6 +276,21 @@ mod tests {
             );
         }
         assert_eq!(window_quota(n(600), n(20)), (n(580), n(20)));
+    }
+
+    #[test]
+    fn a_new_pacer_starts_with_its_burst_spent() {
+        let n = |v: u32| NonZeroU32::new(v).unwrap();
+        let limits = RateLimits {
+            per_minute: n(600),
+            burst: n(20),
+            slowdown_divisor: n(4),
+            slowdown_for: Duration::from_secs(60),
+            max_concurrent: 4,
+        };
+        let pacer = Pacer::new(&limits, &RetryPolicy::default());
+        // 580/min steady: the next request is ~100 ms away, not 20 at once.
+        assert!(pacer.limiter.check().is_err());
     }
 
     #[tokio::test]
