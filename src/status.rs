@@ -611,6 +611,7 @@ mod tests {
         let health = HealthSnapshot {
             started_unix: 10,
             api: ApiHealth::Ok { since_unix: 11 },
+            store_error: None,
             domains: vec![DomainHealth {
                 name: "alpha".into(),
                 in_use: Some("ldaps://dc2".into()),

@@ -71,6 +71,10 @@ pub struct HealthSnapshot {
     pub started_unix: u64,
     pub api: ApiHealth,
     pub domains: Vec<DomainHealth>,
+    /// The last store write failed with this (disk full, file unwritable); cleared by the next
+    /// successful write.
+    #[serde(default)]
+    pub store_error: Option<String>,
 }
 
 impl HealthSnapshot {
@@ -78,6 +82,11 @@ impl HealthSnapshot {
     /// reasons otherwise, one per problem, each naming the domain or the key.
     pub fn not_ready_reasons(&self) -> Vec<String> {
         let mut reasons = Vec::new();
+        if let Some(e) = &self.store_error {
+            reasons.push(format!(
+                "the state store cannot be written (nothing advances until it can): {e}"
+            ));
+        }
         if let ApiHealth::KeyRefused { error, .. } = &self.api {
             reasons.push(format!("JumpCloud refuses the API key: {error}"));
         }
@@ -108,6 +117,7 @@ struct State {
     api: ApiHealth,
     domains: Vec<DomainHealth>,
     scope: BTreeMap<(String, &'static str), u64>,
+    store_error: Option<String>,
 }
 
 fn state() -> &'static Mutex<State> {
@@ -118,6 +128,7 @@ fn state() -> &'static Mutex<State> {
             api: ApiHealth::Unknown,
             domains: Vec::new(),
             scope: BTreeMap::new(),
+            store_error: None,
         })
     })
 }
@@ -224,6 +235,22 @@ pub fn synced(domain_name: &str, direction: Direction) {
     })
 }
 
+/// A store write failed (logged once per failure streak, as an error).
+pub fn store_failed(error: &str) {
+    let first = with(|s| s.store_error.replace(error.to_string()).is_none());
+    if first {
+        tracing::error!(error, "the state store cannot be written: syncing stops advancing until it can (free disk space, fix permissions); nothing is lost");
+    }
+}
+
+/// A store write succeeded.
+pub fn store_ok() {
+    let was_failing = with(|s| s.store_error.take().is_some());
+    if was_failing {
+        tracing::info!("the state store is writable again; syncing resumes");
+    }
+}
+
 /// JumpCloud authenticated a request.
 pub fn api_ok() {
     with(|s| {
@@ -272,6 +299,7 @@ pub fn snapshot() -> HealthSnapshot {
         started_unix: s.started_unix,
         api: s.api.clone(),
         domains: s.domains.clone(),
+        store_error: s.store_error.clone(),
     })
 }
 
@@ -289,6 +317,7 @@ mod tests {
                 dcs,
                 last_sync_unix: BTreeMap::new(),
             }],
+            store_error: None,
         }
     }
 

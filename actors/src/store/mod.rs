@@ -55,7 +55,8 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Database,
+    /// `None` only between dropping a database that failed an I/O and opening it again.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
     path: PathBuf,
 }
 
@@ -73,6 +74,19 @@ struct QuarantineEntry {
     error: String,
 }
 
+/// Opens (or creates) the redb file with the agent's cache size.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    // redb's default page cache is 1 GiB and is never trimmed: the agent's resident memory would
+    // grow with the store. The working set is the recent pages; the OS page cache has the rest.
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+}
+
 impl Store {
     /// Opens (or creates) `<state_dir>/forestsync.redb`. A missing state directory is created with mode
     /// 0700, the file with 0600. Only one process may hold the file open at a time.
@@ -80,17 +94,12 @@ impl Store {
         create_private_dir(state_dir)?;
         let path = state_dir.join(FILE_NAME);
         create_private_file(&path)?;
-        // redb's default page cache is 1 GiB and is never trimmed: the agent's resident memory would
-        // grow with the store. The working set is the recent pages; the OS page cache has the rest.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source: Box::new(source),
-            })?;
+        let db = open_database(&path)?;
         let store = Store {
-            inner: Arc::new(Inner { db, path }),
+            inner: Arc::new(Inner {
+                db: std::sync::RwLock::new(Some(Arc::new(db))),
+                path,
+            }),
         };
         // Create every table once so readers never meet a missing one.
         let txn = store.begin_write()?;
@@ -103,7 +112,7 @@ impl Store {
             txn.open_table(META).map_err(StoreError::db)?;
             txn.open_table(COUNTERS).map_err(StoreError::db)?;
         }
-        txn.commit().map_err(StoreError::db)?;
+        store.commit(txn)?;
         Ok(store)
     }
 
@@ -112,14 +121,58 @@ impl Store {
         &self.inner.path
     }
 
+    /// The open database; after an I/O failure (disk full, file unwritable) redb refuses every
+    /// later transaction (`PreviousIo`), so the file is opened again here, once writes can succeed.
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self
+            .inner
+            .db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Ok(db.clone());
+        }
+        let mut slot = self.inner.db.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(open_database(&self.inner.path)?);
+        tracing::info!(path = %self.inner.path.display(), "state store reopened after an I/O failure");
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Records a failed store operation: an I/O failure drops the database handle so the next
+    /// transaction reopens the file (redb's recovery replays its last committed state), and marks the
+    /// agent not ready until a write succeeds again.
+    fn failed(&self, e: redb::Error) -> StoreError {
+        if matches!(e, redb::Error::PreviousIo | redb::Error::Io(_)) {
+            let mut slot = self.inner.db.write().unwrap_or_else(|p| p.into_inner());
+            *slot = None;
+        }
+        let err = StoreError::db(e);
+        crate::health::store_failed(&err.to_string());
+        err
+    }
+
     fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.inner.db.begin_write().map_err(StoreError::db)?;
+        let db = self.database()?;
+        let mut txn = db.begin_write().map_err(|e| self.failed(e.into()))?;
         txn.set_durability(Durability::Immediate);
         Ok(txn)
     }
 
+    /// Commits `txn`; every write of the store ends here.
+    fn commit(&self, txn: WriteTransaction) -> Result<(), StoreError> {
+        txn.commit().map_err(|e| self.failed(e.into()))?;
+        crate::health::store_ok();
+        Ok(())
+    }
+
     fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        self.inner.db.begin_read().map_err(StoreError::db)
+        let db = self.database()?;
+        db.begin_read().map_err(|e| self.failed(e.into()))
     }
 
     /// The domain's stored objects (in objectGUID-string order) and its watermark.
@@ -163,7 +216,7 @@ impl Store {
     ) -> Result<Vec<u64>, StoreError> {
         let txn = self.begin_write()?;
         let seqs = write_batch(&txn, domain, expected, new, upserts, removals, ops)?;
-        txn.commit().map_err(StoreError::db)?;
+        self.commit(txn)?;
         Ok(seqs)
     }
 
@@ -171,7 +224,7 @@ impl Store {
     pub fn append_ops(&self, ops: &[Op]) -> Result<Vec<u64>, StoreError> {
         let txn = self.begin_write()?;
         let seqs = append_in(&txn, ops)?;
-        txn.commit().map_err(StoreError::db)?;
+        self.commit(txn)?;
         Ok(seqs)
     }
 
@@ -216,7 +269,7 @@ impl Store {
             let mut links = txn.open_table(LINKS).map_err(StoreError::db)?;
             apply_effect(&mut links, effect)?;
         }
-        txn.commit().map_err(StoreError::db)
+        self.commit(txn)
     }
 
     /// One transaction for several completed operations (a group commit: one fsync): removes each
@@ -234,7 +287,7 @@ impl Store {
                 apply_effect(&mut links, effect)?;
             }
         }
-        txn.commit().map_err(StoreError::db)
+        self.commit(txn)
     }
 
     /// One transaction: moves operation `seq` from the outbox to the quarantine, with `error`.
@@ -253,7 +306,7 @@ impl Store {
             let mut q = txn.open_table(QUARANTINE).map_err(StoreError::db)?;
             q.insert(seq, entry.as_slice()).map_err(StoreError::db)?;
         }
-        txn.commit().map_err(StoreError::db)
+        self.commit(txn)
     }
 
     /// Every quarantined operation with its error, ascending by sequence number.
@@ -308,7 +361,7 @@ impl Store {
             let mut meta = txn.open_table(META).map_err(StoreError::db)?;
             meta.insert(key, value).map_err(StoreError::db)?;
         }
-        txn.commit().map_err(StoreError::db)
+        self.commit(txn)
     }
 
     pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
@@ -317,7 +370,7 @@ impl Store {
             let mut meta = txn.open_table(META).map_err(StoreError::db)?;
             meta.remove(key).map_err(StoreError::db)?;
         }
-        txn.commit().map_err(StoreError::db)
+        self.commit(txn)
     }
 
     /// Every meta entry whose key starts with `prefix`, in key order.
