@@ -215,7 +215,7 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
                     url,
                     "deletions visible",
                     Verdict::Fail(format!(
-                        "{} cannot read CN=Deleted Objects, so deletions would be missed; fix: dsacls \"CN=Deleted Objects,{}\" /takeownership, then /G <DOMAIN>\\<service account>:LCRP",
+                        "{} cannot read CN=Deleted Objects, so deletions would be missed; fix: dsacls \"CN=Deleted Objects,{}\" /takeownership, then /G <DOMAIN>\\<service account>:LCRP /I:T (inherited, so tombstones replicated from other DCs are readable too)",
                         domain.bind_dn, domain.base_dn
                     )),
                 ),

@@ -246,7 +246,11 @@ def deleted_objects_aces(sid):
         # with `dsacls "CN=Deleted Objects,<base>" /G <DOMAIN>\<svc>:LCRP` for a non-admin DirSync
         # account. Samba's DirSync (unlike Windows) still checks this container for a caller that only
         # holds Replicating Directory Changes, and returns no tombstones without it.
-        "(A;;LCRPRC;;;%s)" % sid,
+        # Container-inherit: a deletion that *replicates in* gets a tombstone whose security
+        # descriptor is computed from this container's inheritable ACEs alone; without CI the
+        # service account cannot read those tombstones and DirSync never reports such a deletion
+        # (a user deleted on DC2 is never seen by an agent reading DC1).
+        "(A;CI;LCRPRC;;;%s)" % sid,
     ]
 
 

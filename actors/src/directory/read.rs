@@ -31,7 +31,8 @@
 //!   **A service account with only Replicating Directory Changes sees nothing at all**: Samba's
 //!   DirSync stays subject to the read ACL of `CN=Deleted Objects`. The service account therefore
 //!   also needs List Contents + Read Property on that container (the lab grants it; on Windows
-//!   `dsacls … /G svc:LCRP`), and `forestsync check` reports when it is missing.
+//!   `dsacls … /G svc:LCRP /I:T`; inherited, or Samba hides tombstones that replicated in from another
+//!   DC), and `forestsync check` reports when it is missing.
 //! - **`description` changed while not requested:** nothing (the object does not appear).
 //! - **Disable (userAccountControl 544 → 546):** the user with `userAccountControl: 546` only.
 //! - **Cookies:** a cookie taken on ALPHA DC1 works on DC2 (it carries an up-to-dateness vector):
