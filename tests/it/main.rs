@@ -12,6 +12,7 @@ mod delivery;
 mod directory_reads;
 mod disruptive;
 mod emulator;
+mod faults;
 mod import_mode;
 mod lab_dcs;
 mod password_capture;

@@ -17,7 +17,7 @@ mod api;
 /// A throw-away CA and server certificate (also used by the load tests' synthetic DC).
 pub mod certs;
 mod channel;
-mod clock;
+pub mod clock;
 mod coalesce;
 mod config;
 mod conn_exec;
