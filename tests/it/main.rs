@@ -6,6 +6,7 @@
 //! missing lab is a failure.
 
 mod ad_writes;
+mod bad_config;
 mod check_command;
 mod config_reference;
 mod delivery;
