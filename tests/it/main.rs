@@ -7,6 +7,7 @@
 
 mod ad_writes;
 mod bad_config;
+mod bad_ldap;
 mod check_command;
 mod config_reference;
 mod delivery;
