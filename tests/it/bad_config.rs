@@ -65,7 +65,7 @@ fn bad_config_files_exit_2_naming_the_key_and_the_fix_without_panicking() {
     std::fs::write(&not_pem, "not a certificate\n").unwrap();
 
     // (what, config text, the key the message must name)
-    let missing_ca = format!("{GOOD}").replace(
+    let missing_ca = GOOD.replace(
         "burst = 5",
         &format!(
             "burst = 5\nca_file = \"{}\"",

@@ -844,7 +844,15 @@ async fn the_hook_program_refuses_bad_input_quickly_with_one_line() {
         ("SAMBA_CPS_FULL_NAME", "John Doe"),
     ];
     // (what, stdin, env, --domain, exit code, what stderr says)
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, &str, i32, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        Vec<u8>,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        i32,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "10 MB of stdin",
             huge,
