@@ -1068,8 +1068,9 @@ fn resolve_secret(
 ) -> Secret {
     let given = literal.is_some() as u8 + file.is_some() as u8 + env.is_some() as u8;
     if given != 1 {
+        let field = key.rsplit('.').next().unwrap_or(key);
         problems.push(format!(
-            "{key}: give exactly one of {key}, {key}_file, {key}_env (found {given}); fix: prefer {key}_file pointing at a root-only file"
+            "{key}: give exactly one of {field}, {field}_file, {field}_env (found {given}); fix: prefer {field}_file pointing at a root-only file"
         ));
         return Secret::new("");
     }
