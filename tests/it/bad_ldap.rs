@@ -4,7 +4,8 @@
 //! the real agent into the emulator. Membership resolution goes through the escaped member DNs, so
 //! a DN mangled anywhere loses the user from the scope. The test builds and deletes its own OU
 //! under ALPHA (`import_mode::Corner`). The unit side (crafted entries, controls) is in
-//! `actors/src/directory/read.rs` and `dirsync.rs`.
+//! `actors/src/directory/read.rs` and `dirsync.rs`. Also the running agent's capture socket fed
+//! garbage and captures it cannot place.
 
 use std::time::Duration;
 
@@ -128,5 +129,90 @@ async fn users_with_escaped_dns_and_a_long_description_import_intact() {
     eprintln!("LDAP lab inputs tried: {} users, 1 group", people.len());
     drop(agent);
     c.admin.delete(&group_dn).await.unwrap();
+    c.cleanup().await;
+}
+
+/// The running agent's capture socket, fed garbage frames and captures it cannot place (an account
+/// not in scope, an unknown domain): each is dropped (logged), acknowledged so nothing piles up in
+/// the spool, no password request reaches JumpCloud, and the agent keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_capture_socket_drops_garbage_and_unplaceable_captures_and_keeps_serving() {
+    use forestsync_actors::password::{client, new_capture_id, CapturedPassword};
+    use forestsync_actors::secret::Secret;
+    use tokio::io::AsyncWriteExt;
+
+    let Some(lab) = support::lab() else { return };
+    let mut c = Corner::new(lab, &lab.alpha, "pwbad").await;
+    let sam = unique("pb");
+    let dn = c.person(&sam).await;
+    let root = c.root.clone();
+    c.add_member(&root, &dn).await;
+    let (emu, agent) = running(lab, &c, "pwbad", "", jcemu::Config::default()).await;
+    wait_for(
+        &emu,
+        &agent,
+        Duration::from_secs(60),
+        "the in-scope user",
+        |s| user(s, &sam).is_some(),
+    )
+    .await;
+    let socket = agent.dir.join("capture.sock");
+
+    let mut garbage = 0;
+    for frame in [
+        vec![0u8, 0, 0, 0],
+        vec![0xff, 0xff, 0xff, 0xff],
+        vec![0, 0, 0, 3, b'{', b'}', b'}'],
+        [vec![0, 0, 0, 32], vec![0xfe; 32]].concat(),
+        vec![1],
+    ] {
+        let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let _ = s.write_all(&frame).await;
+        drop(s);
+        garbage += 1;
+    }
+    let capture = |domain: &str, account: &str| CapturedPassword {
+        id: new_capture_id().unwrap(),
+        domain: domain.into(),
+        account: account.into(),
+        upn: None,
+        captured_at: std::time::SystemTime::now(),
+        password: Secret::new("Unplaceable-Pw1!"),
+    };
+    let stranger = unique("nobody");
+    for msg in [capture("alpha", &stranger), capture("nosuchdomain", &sam)] {
+        client::deliver(&socket, &msg, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("the agent stopped serving its socket: {e}"));
+        garbage += 1;
+    }
+    // Dropped and acknowledged: the spool empties, the log says why.
+    let spool = agent.dir.join("state").join("password-spool");
+    let started = std::time::Instant::now();
+    loop {
+        let log = agent.log();
+        let left = std::fs::read_dir(&spool).map_or(0, |d| d.count());
+        if log.matches("not in scope; dropped").count() >= 2 && left == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "captures not dropped ({left} spooled):\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(agent.pid().is_some());
+    let log = agent.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        !log.contains("Unplaceable-Pw1!"),
+        "a password is in the log"
+    );
+    assert!(
+        !emu.state().to_string().contains("Unplaceable"),
+        "a dropped password reached JumpCloud"
+    );
+    eprintln!("capture socket inputs tried: {garbage}");
+    drop(agent);
     c.cleanup().await;
 }
