@@ -18,6 +18,15 @@
 //!    is not captured. Whatever happens, the hook exits within 2 s (a watchdog ends it: rejecting
 //!    when no verdict was reached, else per `fail_closed`).
 //!
+//! **Bad input** is refused within the budget, with one line on stderr that never holds the input:
+//! stdin longer than 8 KiB (read no further), empty, not UTF-8 or holding a NUL byte → exit 1
+//! (rejected). A password the rules accept but that cannot be attributed → exit 0 (accepted, NOT
+//! captured; exit 1 with `fail_closed = true`): no `SAMBA_CPS_ACCOUNT_NAME`, or a `--domain` that is
+//! not a configured `[[domain]]` (the agent could not place it). Whether the account is in the sync
+//! scope is the agent's call: it drops captures for accounts it does not sync.
+//!
+//! Exit codes: 0 accepts the password (captured or not), 1 rejects it; nothing else.
+//!
 //! Only `state_dir`, `[passwords]` and the domain names are read from the config file
 //! ([`HookConfig::load`]): the hook never needs the agent's credentials. The clear password lives in
 //! a zeroized stdin buffer and in [`Secret`]s; it is never printed.
@@ -171,7 +180,7 @@ pub fn run(args: CaptureArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
 
     let account = Account::from_env();
     let who = format!(
-        "account {:?} (domain {})",
+        "account {:?} (domain {:?})",
         account.name.as_str(),
         args.domain
     );
@@ -197,6 +206,16 @@ pub fn run(args: CaptureArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
         ));
         return ExitCode::from(EXIT_REJECT);
     };
+    if password.is_empty() {
+        say(format_args!("rejected the password for {who}: it is empty"));
+        return ExitCode::from(EXIT_REJECT);
+    }
+    if password.contains('\0') {
+        say(format_args!(
+            "rejected the password for {who}: it contains a NUL byte"
+        ));
+        return ExitCode::from(EXIT_REJECT);
+    }
     if let Err(rule) = check(password, &account, &passwords) {
         say(format_args!("rejected the password for {who}: {rule}"));
         return ExitCode::from(EXIT_REJECT);
@@ -222,9 +241,10 @@ pub fn run(args: CaptureArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
             .any(|d| d.eq_ignore_ascii_case(&args.domain))
         {
             say(format_args!(
-                "warning: --domain {} is not a configured [[domain]] name; the agent may ignore this capture",
+                "password for {who} accepted but NOT captured: --domain {:?} is not a configured [[domain]] name; fix: pass the [[domain]] name of this DC's domain in the hook's command line",
                 args.domain
             ));
+            return ExitCode::from(not_captured);
         }
     }
     if account.name.is_empty() {

@@ -203,7 +203,11 @@ impl TelemetryShape {
         t.otlp_ca_file = self.otlp_ca_file.map(relative);
         if let Some(s) = self.export_interval_seconds {
             if s == 0 {
-                problems.push("telemetry.export_interval_seconds must be at least 1".into());
+                problems.push(
+                    "telemetry.export_interval_seconds must be at least 1; fix: e.g. 30".into(),
+                );
+            } else if s > MAX_INTERVAL_SECONDS {
+                problems.push(format!("telemetry.export_interval_seconds {s} is more than {MAX_INTERVAL_SECONDS} (a day); fix: e.g. 30"));
             } else {
                 t.export_interval = std::time::Duration::from_secs(s);
             }
@@ -482,6 +486,10 @@ pub struct HookConfig {
 }
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/forestsync";
+/// The longest API request timeout accepted (an hour: longer is a typo, and overflows timers).
+const MAX_TIMEOUT_SECONDS: u64 = 3600;
+/// The longest confirmation window and metrics export interval accepted (a day).
+const MAX_INTERVAL_SECONDS: u64 = 86_400;
 const DEFAULT_CAPTURE_SOCKET: &str = "/run/forestsync/capture.sock";
 
 impl PasswordsConfig {
@@ -526,10 +534,13 @@ impl PasswordsShape {
             ),
         };
         if p.jumpcloud_policy.min_length > 256 {
-            problems.push("passwords.min_length must be at most 256 (AD's limit)".into());
+            problems.push(format!("passwords.min_length {} is more than 256 (AD's limit); fix: JumpCloud's minimum password length, e.g. 8", p.jumpcloud_policy.min_length));
         }
         if p.confirm_window.is_zero() {
-            problems.push("passwords.confirm_window_seconds must be at least 1".into());
+            problems
+                .push("passwords.confirm_window_seconds must be at least 1; fix: e.g. 120".into());
+        } else if p.confirm_window.as_secs() > MAX_INTERVAL_SECONDS {
+            problems.push(format!("passwords.confirm_window_seconds {} is more than {MAX_INTERVAL_SECONDS} (a day); fix: e.g. 120", p.confirm_window.as_secs()));
         }
         // sun_path holds 108 bytes including the terminating NUL.
         if p.socket.as_os_str().len() > 107 {
@@ -539,7 +550,7 @@ impl PasswordsShape {
             ));
         }
         if p.spool_dir == p.key_file || p.key_file.starts_with(&p.spool_dir) {
-            problems.push("passwords.key_file must not be inside passwords.spool_dir".into());
+            problems.push("passwords.key_file must not be inside passwords.spool_dir; fix: put the key next to the spool, e.g. key_file = \"/var/lib/forestsync/password.key\"".into());
         }
         p
     }
@@ -553,10 +564,8 @@ impl HookConfig {
             path: path.into(),
             source,
         })?;
-        let shape: HookFileShape = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let shape: HookFileShape =
+            toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let relative = |p: PathBuf| if p.is_relative() { base_dir.join(p) } else { p };
         let state_dir = shape
@@ -586,14 +595,51 @@ impl Config {
             path: path.into(),
             source,
         })?;
-        Self::parse(path, &text)
+        let config = Self::parse(path, &text)?;
+        let problems = config.unusable_files();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.into(),
+                problems,
+            });
+        }
+        Ok(config)
+    }
+
+    /// The CA files named by the config that cannot be used (unreadable, not PEM, no certificate),
+    /// each naming its key and the fix. [`Config::load`] checks them; [`Config::parse`] only reads
+    /// the text (and secret files).
+    pub fn unusable_files(&self) -> Vec<String> {
+        let mut cas = Vec::new();
+        if let Some(f) = &self.jumpcloud.ca_file {
+            cas.push(("jumpcloud.ca_file".to_owned(), f));
+        }
+        for (i, d) in self.domains.iter().enumerate() {
+            if let Some(f) = &d.ca_file {
+                cas.push((format!("domain[{i}] ({}): ca_file", d.name), f));
+            }
+        }
+        if let Some(f) = &self.telemetry.otlp_ca_file {
+            cas.push(("telemetry.otlp_ca_file".to_owned(), f));
+        }
+        cas.into_iter()
+            .filter_map(|(key, file)| {
+                forestsync_actors::trust::client_config(Some(file))
+                    .err()
+                    .map(|e| {
+                        let e = e.to_string();
+                        if e.contains("fix:") {
+                            format!("{key}: {e}")
+                        } else {
+                            format!("{key}: {e}; fix: point it at the CA certificate (PEM) that issued the server's certificate")
+                        }
+                    })
+            })
+            .collect()
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let shape: FileShape = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let shape: FileShape = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut problems = Vec::new();
         let relative = |p: PathBuf| if p.is_relative() { base_dir.join(p) } else { p };
@@ -616,7 +662,7 @@ impl Config {
             &mut problems,
         );
         match url::Url::parse(&jc.base_url) {
-            Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {}
+            Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => {}
             _ => problems.push(format!(
                 "jumpcloud.base_url {:?} is not an https URL; fix: e.g. \"https://console.jumpcloud.com\" (EU: https://console.eu.jumpcloud.com)",
                 jc.base_url
@@ -627,10 +673,23 @@ impl Config {
                 problems.push(format!("jumpcloud.org_id {org:?} is not a 24-hex organisation id; fix: copy it from the Admin Portal or remove the key"));
             }
         }
-        if jc.rate_limit_per_minute == 0 || jc.burst == 0 {
+        if jc.rate_limit_per_minute == 0 {
             problems.push(
-                "jumpcloud.rate_limit_per_minute and jumpcloud.burst must be at least 1".into(),
+                "jumpcloud.rate_limit_per_minute must be at least 1; fix: e.g. 600 (the default)"
+                    .into(),
             );
+        }
+        if jc.burst == 0 {
+            problems.push("jumpcloud.burst must be at least 1; fix: e.g. 20 (the default)".into());
+        }
+        if jc.timeout_seconds > MAX_TIMEOUT_SECONDS {
+            problems.push(format!("jumpcloud.timeout_seconds {} is more than {MAX_TIMEOUT_SECONDS}; fix: e.g. 30 (the default)", jc.timeout_seconds));
+        }
+        if let Some(u) = &jc.agent_channel_url {
+            match url::Url::parse(u) {
+                Ok(p) if (p.scheme() == "https" || p.scheme() == "http") && p.host().is_some() => {}
+                _ => problems.push(format!("jumpcloud.agent_channel_url {u:?} is not an http(s) URL; fix: e.g. \"https://channel.example.com/__agent-channel/v1/\", or remove the key to use the base URL's")),
+            }
         }
 
         if shape.domains.is_empty() {
@@ -641,14 +700,14 @@ impl Config {
         for (i, d) in shape.domains.into_iter().enumerate() {
             let at = format!("domain[{i}] ({})", d.name);
             if d.name.trim().is_empty() || !names.insert(d.name.to_lowercase()) {
-                problems.push(format!("{at}: name must be non-empty and unique"));
+                problems.push(format!("{at}: name must be non-empty and unique; fix: give each [[domain]] its own name, e.g. name = \"alpha\""));
             }
             if d.dcs.is_empty() {
                 problems.push(format!("{at}: dcs is empty; fix: list the domain's DCs in preference order, e.g. [\"ldaps://dc1.example.com\"]"));
             }
             for dc in &d.dcs {
                 if let Err(e) = forestsync_actors::directory::DcEndpoint::parse(dc) {
-                    problems.push(format!("{at}: {e}"));
+                    problems.push(format!("{at}: dcs: {e}"));
                 }
             }
             let writes_ad = shape.mode != Mode::AdAuthoritative;
@@ -713,8 +772,8 @@ impl Config {
                     .ends_with(&d.base_dn.to_lowercase())
             {
                 problems.push(format!(
-                    "{at}: root_group_dn {:?} is not under base_dn {:?}",
-                    root_group_dn, d.base_dn
+                    "{at}: root_group_dn {:?} is not under base_dn {:?}; fix: the DN of a group in this domain, ending in {:?}",
+                    root_group_dn, d.base_dn, d.base_dn
                 ));
             }
             let bind_password = resolve_secret(
@@ -747,7 +806,7 @@ impl Config {
             max_removal_percent: shape.safety.max_removal_percent.unwrap_or(20),
         };
         if safety.max_removal_percent > 100 {
-            problems.push("safety.max_removal_percent must be between 0 and 100".into());
+            problems.push(format!("safety.max_removal_percent {} is not between 0 and 100; fix: a share of the scope in percent, e.g. 20", safety.max_removal_percent));
         }
         let passwords = shape
             .passwords
@@ -802,6 +861,126 @@ impl Config {
             seal_key_file,
             telemetry,
         })
+    }
+}
+
+/// A TOML or shape error, located: the line, the key's dotted path (`jumpcloud.burst`,
+/// `domain.bind_dn`), serde's message and a fix from the reference table (the key's type, accepted
+/// values and an example). One line.
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().replace('\n', " ");
+    let start = e.span().map(|s| s.start.min(text.len()));
+    // The table the error is in (the last header at or before the error's line) and the key on it.
+    let (mut section, mut key, mut line_no) = (String::new(), None::<String>, None);
+    if let Some(start) = start {
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        line_no = Some(text[..start].matches('\n').count() + 1);
+        for line in text[..line_start]
+            .lines()
+            .chain(text[line_start..].lines().take(1))
+        {
+            let t = line.trim();
+            if t.starts_with('[') {
+                section = t
+                    .trim_start_matches('[')
+                    .split(']')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+            }
+        }
+        let here = text[line_start..].lines().next().unwrap_or("").trim();
+        if !here.starts_with('[') {
+            if let Some((k, _)) = here.split_once('=') {
+                let k = k.trim().trim_matches('"').trim_matches('\'');
+                if !k.is_empty() {
+                    key = Some(k.to_owned());
+                }
+            }
+        }
+    }
+    // serde names the field itself in these messages.
+    let named = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    let missing = named("missing field `");
+    let unknown = named("unknown field `");
+    if let Some(k) = missing.clone().or(unknown.clone()) {
+        key = Some(k);
+    }
+    let dotted = match (&section, &key) {
+        (s, Some(k)) if s.is_empty() => k.clone(),
+        (s, Some(k)) => format!("{s}.{k}"),
+        (s, None) if s.is_empty() => String::new(),
+        (s, None) => format!("[{s}]"),
+    };
+    let doc = key.as_deref().and_then(|k| {
+        crate::config_reference::SECTIONS
+            .iter()
+            .filter(|sec| sec.path == section)
+            .flat_map(|sec| sec.keys.iter())
+            .find(|d| d.names().iter().any(|n| n == k))
+    });
+    let described = |d: &crate::config_reference::KeyDoc| {
+        let k = key.as_deref().unwrap_or(d.key);
+        if k != d.key {
+            // `X_file` / `X_env` of a secret.
+            return format!("{dotted} is a string (a file path or a variable name)");
+        }
+        let values = if d.values.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", one of {}",
+                d.values
+                    .iter()
+                    .map(|v| format!("\"{v}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        format!(
+            "{dotted} is {} {}{values}, e.g. {} = {}",
+            if d.ty.name().starts_with(['a', 'i']) {
+                "an"
+            } else {
+                "a"
+            },
+            d.ty.name(),
+            d.key,
+            d.example
+        )
+    };
+    let fix = if unknown.is_some() {
+        format!(
+            "remove {dotted} or correct its spelling (docs/config-reference.md lists every key)"
+        )
+    } else if let Some(m) = &missing {
+        match doc {
+            Some(d) => format!("add it: {}", described(d)),
+            None if section.is_empty() => {
+                format!("add the [{m}] section (see config/ad-authoritative.toml)")
+            }
+            None => format!("add {m} (docs/config-reference.md)"),
+        }
+    } else if let Some(d) = doc {
+        described(d)
+    } else {
+        "correct the TOML there (docs/config-reference.md has every key and its type)".to_owned()
+    };
+    let at = match (line_no, dotted.is_empty()) {
+        (Some(n), false) => format!("line {n}: {dotted}: "),
+        (Some(n), true) => format!("line {n}: "),
+        (None, false) => format!("{dotted}: "),
+        (None, true) => String::new(),
+    };
+    ConfigError::Syntax {
+        path: path.into(),
+        message: format!("{at}{message}; fix: {fix}"),
     }
 }
 
@@ -889,8 +1068,9 @@ fn resolve_secret(
 ) -> Secret {
     let given = literal.is_some() as u8 + file.is_some() as u8 + env.is_some() as u8;
     if given != 1 {
+        let field = key.rsplit('.').next().unwrap_or(key);
         problems.push(format!(
-            "{key}: give exactly one of {key}, {key}_file, {key}_env (found {given}); fix: prefer {key}_file pointing at a root-only file"
+            "{key}: give exactly one of {field}, {field}_file, {field}_env (found {given}); fix: prefer {field}_file pointing at a root-only file"
         ));
         return Secret::new("");
     }
@@ -910,7 +1090,7 @@ fn resolve_secret(
         match std::fs::read_to_string(&path) {
             Ok(v) => v.trim_end_matches(['\n', '\r']).to_owned(),
             Err(e) => {
-                problems.push(format!("{key}_file {}: cannot read: {e}", path.display()));
+                problems.push(format!("{key}_file {}: cannot read: {e}; fix: point it at a readable (root-only) file holding the secret", path.display()));
                 return Secret::new("");
             }
         }
@@ -922,7 +1102,7 @@ fn resolve_secret(
                     Ok(v) => v.trim_end_matches(['\n', '\r']).to_owned(),
                     Err(e) => {
                         problems.push(format!(
-                            "{key}_env: {var} is not set and {var}_FILE {}: cannot read: {e}",
+                            "{key}_env: {var} is not set and {var}_FILE {}: cannot read: {e}; fix: set {var}, or make {var}_FILE a readable file",
                             Path::new(&path).display()
                         ));
                         return Secret::new("");
@@ -930,7 +1110,7 @@ fn resolve_secret(
                 },
                 None => {
                     problems.push(format!(
-                        "{key}_env: environment variable {var} (or {var}_FILE) is not set"
+                        "{key}_env: environment variable {var} (or {var}_FILE) is not set; fix: set it in the agent's environment, or use {key}_file"
                     ));
                     return Secret::new("");
                 }
@@ -940,7 +1120,9 @@ fn resolve_secret(
         unreachable!("exactly one source was checked above")
     };
     if value.is_empty() {
-        problems.push(format!("{key}: the value is empty"));
+        problems.push(format!(
+            "{key}: the value is empty; fix: give the secret (prefer {key}_file)"
+        ));
     }
     Secret::new(value)
 }

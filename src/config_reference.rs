@@ -30,7 +30,7 @@ pub enum Type {
 }
 
 impl Type {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Type::String => "string",
             Type::Path => "path",
@@ -202,7 +202,7 @@ pub const SECTIONS: &[SectionDoc] = &[
             key("burst", Type::Integer, Value("20"), "5")
                 .means("Requests the limiter lets through at once; at least 1."),
             key("timeout_seconds", Type::Integer, Value("30"), "60")
-                .means("Timeout of one API request (0 counts as 1)."),
+                .means("Timeout of one API request (0 counts as 1; at most 3600)."),
             key("agent_channel_url", Type::String, Unset("the base URL's origin + `/__agent-channel/v1/`"), "\"https://channel.example.com/__agent-channel/v1/\"")
                 .modes(JC_TO_AD)
                 .means("Where the sync-agent channel (change long poll, password payloads, status reports) lives."),
@@ -315,7 +315,7 @@ pub const SECTIONS: &[SectionDoc] = &[
             key("fail_closed", Type::Bool, Value("false"), "true")
                 .means("When the hook can neither deliver nor spool an accepted password: reject the change (true) or let it through uncaptured (false: a broken capture path never blocks users)."),
             key("confirm_window_seconds", Type::Integer, Value("120"), "30")
-                .means("How long a captured password waits for AD to confirm the commit (pwdLastSet); at least 1."),
+                .means("How long a captured password waits for AD to confirm the commit (pwdLastSet); at least 1, at most 86400."),
         ],
     },
     SectionDoc {
@@ -350,7 +350,7 @@ pub const SECTIONS: &[SectionDoc] = &[
             key("otlp_ca_file", Type::Path, Unset("the system's web roots only"), "\"/etc/forestsync/otlp-ca.pem\"")
                 .means("An extra CA for an https OTLP endpoint."),
             key("export_interval_seconds", Type::Integer, Value("30"), "10")
-                .means("How often metrics are pushed over OTLP; at least 1."),
+                .means("How often metrics are pushed over OTLP; at least 1, at most 86400."),
         ],
     },
 ];
@@ -467,3 +467,6 @@ pub fn render() -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod bad_input;

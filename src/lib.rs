@@ -15,3 +15,12 @@ pub mod seal;
 pub mod status;
 pub mod telemetry;
 pub mod wiring;
+
+/// Exit codes of every subcommand except `capture-password` (0 accepts, 1 rejects the password):
+/// success.
+pub const EXIT_OK: u8 = 0;
+/// A check failed, the command failed at run time, or `explain` found no such user.
+pub const EXIT_FAILURE: u8 = 1;
+/// Bad usage (clap's own code for an unknown flag or subcommand) or an unusable config file: the
+/// message names the key and the fix; nothing was contacted or written.
+pub const EXIT_CONFIG: u8 = 2;

@@ -1,6 +1,6 @@
 //! The `forestsync` command line.
 
-use forestsync::{capture, check, config, register, telemetry};
+use forestsync::{capture, check, config, register, telemetry, EXIT_CONFIG};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,10 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "forestsync",
     version,
-    about = "Keeps Active Directory forests and a JumpCloud organisation in agreement"
+    about = "Keeps Active Directory forests and a JumpCloud organisation in agreement",
+    after_help = "Exit codes: 0 success; 1 a check or the command failed (explain: user not found); \
+                  2 bad usage or an unusable config file (the message names the key and the fix). \
+                  capture-password: 0 accepts the password, 1 rejects it."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -113,7 +116,7 @@ async fn check_command(arg: ConfigArg) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             println!("FAIL  config     {}", e);
-            return ExitCode::from(1);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let report = check::run(&config).await;
@@ -140,7 +143,7 @@ fn load(arg: &ConfigArg) -> Option<config::Config> {
 
 fn status_command(arg: ConfigArg, json: bool) -> ExitCode {
     let Some(config) = load(&arg) else {
-        return ExitCode::from(1);
+        return ExitCode::from(EXIT_CONFIG);
     };
     let (report, source) = match forestsync::admin::fetch_status(&config) {
         Ok(r) => r,
@@ -164,7 +167,7 @@ fn status_command(arg: ConfigArg, json: bool) -> ExitCode {
 
 fn explain_command(arg: ConfigArg, user: &str, json: bool) -> ExitCode {
     let Some(config) = load(&arg) else {
-        return ExitCode::from(1);
+        return ExitCode::from(EXIT_CONFIG);
     };
     let (report, source) = match forestsync::admin::fetch_explain(&config, user) {
         Ok(r) => r,
@@ -214,7 +217,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> ExitCode {
 
 fn seal_command(arg: ConfigArg) -> ExitCode {
     let Some(before) = load(&arg) else {
-        return ExitCode::from(1);
+        return ExitCode::from(EXIT_CONFIG);
     };
     let fields = match forestsync::seal::seal_file(&before.path, &before.seal_key_file) {
         Ok(f) => f,
@@ -258,7 +261,7 @@ fn seal_command(arg: ConfigArg) -> ExitCode {
 
 fn run_command(arg: ConfigArg) -> ExitCode {
     let Some(config) = load(&arg) else {
-        return ExitCode::from(1);
+        return ExitCode::from(EXIT_CONFIG);
     };
     // Before the runtime: the OTLP client is a blocking one with its own thread.
     let telemetry = match telemetry::init_agent(&config.telemetry) {
@@ -318,7 +321,7 @@ async fn shutdown_signal() {
 
 async fn plan_command(arg: ConfigArg, json: bool) -> ExitCode {
     let Some(config) = load(&arg) else {
-        return ExitCode::from(1);
+        return ExitCode::from(EXIT_CONFIG);
     };
     match forestsync::dry_run::run(&config).await {
         Ok(r) => {

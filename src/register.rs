@@ -43,7 +43,8 @@ pub struct RegisterArgs {
     pub force: bool,
 }
 
-/// Runs the subcommand: one line on stdout on success, one error line on stderr and exit 1 otherwise.
+/// Runs the subcommand: one line on stdout on success, one error line on stderr and exit 1 otherwise
+/// (2 when the config file is unusable).
 pub fn run(args: RegisterArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let env_key = std::env::var(CONNECT_KEY_ENV).ok().map(Zeroizing::new);
     let result = connect_key_from(
@@ -59,7 +60,11 @@ pub fn run(args: RegisterArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
         }
         Err(e) => {
             eprintln!("forestsync register: {e:#}");
-            ExitCode::from(1)
+            if e.downcast_ref::<crate::config::ConfigError>().is_some() {
+                ExitCode::from(crate::EXIT_CONFIG)
+            } else {
+                ExitCode::from(crate::EXIT_FAILURE)
+            }
         }
     }
 }

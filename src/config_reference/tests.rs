@@ -313,7 +313,7 @@ impl<'de> de::VariantAccess<'de> for UnitVariant {
 // ---- the reference's side ----
 
 /// Every documented name (secrets' `_file` and `_env` too) by dotted path.
-fn documented() -> BTreeMap<String, (&'static SectionDoc, &'static KeyDoc, String)> {
+pub(super) fn documented() -> BTreeMap<String, (&'static SectionDoc, &'static KeyDoc, String)> {
     let mut out = BTreeMap::new();
     for s in SECTIONS {
         for k in s.keys {
@@ -351,7 +351,11 @@ fn mode_literal(mode: Mode) -> String {
 
 /// A config for `mode` holding the required keys of that mode (secrets written in the file) with
 /// their examples, plus `set` (section path, key, TOML value), minus `omit` (section path, key).
-fn config_text(mode: Mode, set: &[(&str, &str, &str)], omit: Option<(&str, &str)>) -> String {
+pub(super) fn config_text(
+    mode: Mode,
+    set: &[(&str, &str, &str)],
+    omit: Option<(&str, &str)>,
+) -> String {
     let mut text = String::new();
     for s in SECTIONS {
         let mut lines = Vec::new();
@@ -389,7 +393,7 @@ fn config_text(mode: Mode, set: &[(&str, &str, &str)], omit: Option<(&str, &str)
     text
 }
 
-fn parse(text: &str) -> Result<Config, crate::config::ConfigError> {
+pub(super) fn parse(text: &str) -> Result<Config, crate::config::ConfigError> {
     Config::parse(Path::new("/etc/forestsync/forestsync.toml"), text)
 }
 

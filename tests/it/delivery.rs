@@ -477,6 +477,13 @@ fn storm_ops() -> Vec<Op> {
 
 /// Every op reached JumpCloud exactly once and in order per object.
 async fn assert_storm_delivered(env: &Env) {
+    assert_storm_state(env);
+    assert_storm_requests(env).await;
+}
+
+/// The storm's final state: 5 users (no duplicate), updated, storm2 suspended, the group with
+/// storm2..5, the store's links and members agreeing, nothing quarantined.
+fn assert_storm_state(env: &Env) {
     let users = env.users();
     assert_eq!(users.len(), 5);
     for n in 1..=5u8 {
@@ -496,7 +503,12 @@ async fn assert_storm_delivered(env: &Env) {
         .unwrap()
         .applied_members;
     assert_eq!(members, (2..=5u8).map(anchor).collect());
+    assert_eq!(env.emu.state()["usergroups"].as_array().unwrap().len(), 1);
+    assert!(env.store.quarantined().unwrap().is_empty());
+}
 
+/// The storm's unfaulted writes: each exactly once, in order per object.
+async fn assert_storm_requests(env: &Env) {
     let applied = applied(&env.requests().await);
     let writes: Vec<&(String, String, Value)> =
         applied.iter().filter(|(m, _, _)| m != "GET").collect();
@@ -592,6 +604,83 @@ async fn half_the_requests_failing_with_502_still_delivers_every_op_once_in_orde
         .count();
     assert!(failed >= 10, "expected many 502s, saw {failed}");
     assert_storm_delivered(&env).await;
+    env.finish().await;
+}
+
+/// Successful answers garbled after the request was applied (jcemu `corrupt_rate`: malformed JSON,
+/// truncated, wrong field types, extra fields, empty 200): the unreadable ones are named errors
+/// classified Retry (the operation may have been applied; its replay adopts or confirms), the extra
+/// fields are accepted; nothing panics, nothing is quarantined, and every operation lands exactly
+/// once with the right final state.
+#[tokio::test]
+async fn corrupted_answers_are_retried_or_accepted_and_every_op_lands_once() {
+    let env = env(jcemu::Config::default()).await;
+
+    // One request per mode, straight through the client: the error names the problem.
+    let client = env.client(KEY);
+    let mut tried = 0;
+    for (mode, expect) in [
+        ("malformed_json", Some("unreadable response: not JSON")),
+        ("truncated", Some("unreadable response: not JSON (cut off")),
+        ("empty_body", Some("unreadable response: empty body")),
+        (
+            "wrong_types",
+            Some("unexpected response: field `totalCount`"),
+        ),
+        ("extra_fields", None),
+    ] {
+        env.faults(json!({"corrupt_rate": 1.0, "corrupt_modes": [mode]}))
+            .await;
+        let result = client.list_users_page(0).await;
+        match expect {
+            None => assert!(result.is_ok(), "{mode}: {result:?}"),
+            Some(text) => {
+                let e = result.expect_err(mode);
+                assert!(e.to_string().contains(text), "{mode}: {e}");
+                assert_eq!(e.disposition(), Disposition::Retry, "{mode}: {e}");
+            }
+        }
+        tried += 1;
+    }
+    // A known field of a user with the wrong type names the field.
+    env.faults(json!({"corrupt_rate": 0.0})).await;
+    let created = client
+        .create_user(&user(90, "typed"), "alpha/typed")
+        .await
+        .unwrap();
+    env.faults(json!({"corrupt_rate": 1.0, "corrupt_modes": ["wrong_types"]}))
+        .await;
+    let e = client.get_user(&created.id).await.unwrap_err().to_string();
+    assert!(e.contains("field `"), "{e}");
+    tried += 1;
+    env.faults(json!({"corrupt_rate": 0.0})).await;
+    client.delete_user(&created.id).await.unwrap();
+
+    // The storm, with 40 % of the successful answers garbled.
+    let before = env.requests().await.len();
+    env.faults(json!({"corrupt_rate": 0.4, "corrupt_modes": [
+        "malformed_json", "truncated", "wrong_types", "extra_fields", "empty_body"
+    ]}))
+    .await;
+    let ex = env.executor(None);
+    let report = deliver(&env, &ex, storm_ops()).await;
+    assert_eq!(report.completed, storm_ops().len() as u64);
+    assert!(report.quarantined.is_empty(), "{report:?}");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for r in env.requests().await.into_iter().skip(before) {
+        if let Some(f) = r["fault"].as_str().filter(|f| f.starts_with("corrupt_")) {
+            *seen.entry(f.to_owned()).or_default() += 1;
+        }
+    }
+    eprintln!("corrupted answers during the storm: {seen:?}");
+    assert!(
+        seen.len() >= 4,
+        "too few corruption modes exercised: {seen:?}"
+    );
+    tried += seen.values().sum::<usize>();
+    env.faults(json!({"corrupt_rate": 0.0})).await;
+    assert_storm_state(&env);
+    eprintln!("API answers tried: {tried}");
     env.finish().await;
 }
 

@@ -456,7 +456,7 @@ async fn disable_suspends_enable_activates_and_rename_updates_the_same_user() {
 /// except the guard test itself.
 const NO_PERCENT_GUARD: &str = "\n[safety]\nmax_removal_percent = 100\n";
 
-async fn running(
+pub(crate) async fn running(
     lab: &'static Lab,
     c: &Corner,
     tag: &str,

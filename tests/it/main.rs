@@ -6,6 +6,8 @@
 //! missing lab is a failure.
 
 mod ad_writes;
+mod bad_config;
+mod bad_ldap;
 mod check_command;
 mod config_reference;
 mod delivery;

@@ -826,6 +826,142 @@ async fn the_hook_program_rejects_with_one_line_and_otherwise_delivers_or_spools
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOT captured"));
 }
 
+/// Bad input to the hook program: refused within its budget (the DC waits for it), with a
+/// documented exit code and one stderr line that does not hold the input; nothing delivered or
+/// spooled unless it was a capturable password. Needs no lab.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hook_program_refuses_bad_input_quickly_with_one_line() {
+    let rig = Rig::new(None);
+    let mut inbox = rig.inbox();
+    const GOOD: &[u8] = b"Good-Passw0rd-9!";
+    let mut huge = GOOD.to_vec();
+    huge.resize(10 << 20, b'x');
+    let mut nul = GOOD.to_vec();
+    nul.insert(4, 0);
+    let account = [
+        ("SAMBA_CPS_ACCOUNT_NAME", "jdoe"),
+        ("SAMBA_CPS_USER_PRINCIPAL_NAME", "jdoe@alpha.test"),
+        ("SAMBA_CPS_FULL_NAME", "John Doe"),
+    ];
+    // (what, stdin, env, --domain, exit code, what stderr says)
+    type Case<'a> = (
+        &'a str,
+        Vec<u8>,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        i32,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "10 MB of stdin",
+            huge,
+            account.to_vec(),
+            "alpha",
+            1,
+            "longer than 8192 bytes",
+        ),
+        (
+            "empty stdin",
+            Vec::new(),
+            account.to_vec(),
+            "alpha",
+            1,
+            "it is empty",
+        ),
+        (
+            "invalid UTF-8",
+            b"Good-\xff\xfePassw0rd".to_vec(),
+            account.to_vec(),
+            "alpha",
+            1,
+            "not valid UTF-8",
+        ),
+        (
+            "binary",
+            (0u8..=255).cycle().take(4000).collect(),
+            account.to_vec(),
+            "alpha",
+            1,
+            "not valid UTF-8",
+        ),
+        ("a NUL byte", nul, account.to_vec(), "alpha", 1, "NUL byte"),
+        (
+            "no SAMBA_CPS_* variables",
+            GOOD.to_vec(),
+            Vec::new(),
+            "alpha",
+            0,
+            "NOT captured: Samba passed no SAMBA_CPS_ACCOUNT_NAME",
+        ),
+        (
+            "an account name with a newline",
+            b"aaaaaaaa1".to_vec(),
+            vec![("SAMBA_CPS_ACCOUNT_NAME", "evil\nsecond line")],
+            "alpha",
+            1,
+            "AD complexity",
+        ),
+        (
+            "an unknown domain",
+            GOOD.to_vec(),
+            account.to_vec(),
+            "nosuchdomain",
+            0,
+            "NOT captured: --domain \"nosuchdomain\" is not a configured [[domain]]",
+        ),
+    ];
+    let mut tried = 0;
+    for (what, input, env, domain, code, says) in cases {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(["capture-password", "--config"])
+            .arg(&rig.config)
+            .args(["--domain", domain])
+            .env_remove("SAMBA_CPS_ACCOUNT_NAME")
+            .env_remove("SAMBA_CPS_USER_PRINCIPAL_NAME")
+            .env_remove("SAMBA_CPS_FULL_NAME")
+            .envs(env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let started = Instant::now();
+        let mut child = cmd.spawn().expect("spawn");
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = tokio::spawn(async move {
+            // The hook stops reading early on oversized input: a broken pipe here is expected.
+            let _ = stdin.write_all(&input).await;
+        });
+        let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the hook did not end"))
+            .unwrap();
+        let took = started.elapsed();
+        writer.abort();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{what}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert!(
+            !stderr.contains("Passw0rd") && !stderr.contains("xxxxxxxx"),
+            "{what}: the input is in the log line: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{what}");
+        assert!(took < Duration::from_secs(2), "{what}: took {took:?}");
+        tried += 1;
+    }
+    // Nothing reached the agent or the spool: none of them was a capture.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), inbox.recv())
+            .await
+            .is_err(),
+        "a refused input was delivered"
+    );
+    assert!(spool::list(&rig.spool).map_or(true, |l| l.is_empty()));
+    eprintln!("hook inputs tried: {tried}");
+}
+
 /// ALPHA DC1's address, from the lab's URL (the lab can run on other loopback addresses: LAB_NET).
 pub(crate) fn dc1_host(lab: &Lab) -> String {
     url::Url::parse(&lab.alpha.dc_urls[0])

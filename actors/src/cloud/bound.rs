@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::users::PAGE_LIMIT;
-use super::wire::seg;
+use super::wire::{seg, string_field};
 use super::{CloudClient, CloudError};
 
 /// A JumpCloud user's profile as the JumpCloud → AD direction needs it: every field, so a configured
@@ -34,37 +34,45 @@ impl JcProfile {
                 detail: "a user that is not an object".into(),
             });
         };
-        let s = |k: &str| {
-            m.get(k)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_default()
-        };
-        let id = [s("_id"), s("id")]
+        // Known fields of the wrong type are errors, never read as empty.
+        let s = |k: &str| string_field(url, "user", &m, k).map(Option::unwrap_or_default);
+        let id = [s("_id")?, s("id")?]
             .into_iter()
             .find(|v| !v.is_empty())
             .ok_or_else(|| CloudError::BadResponse {
                 url: url.to_owned(),
                 detail: "a user without _id".into(),
             })?;
-        let username = s("username");
+        let username = s("username")?;
         if username.is_empty() {
             return Err(CloudError::BadResponse {
                 url: url.to_owned(),
                 detail: format!("user {id} has no username"),
             });
         }
-        let state = match m.get("state").and_then(Value::as_str) {
+        if let Some(v) = m
+            .get("suspended")
+            .filter(|v| !v.is_null() && !v.is_boolean())
+        {
+            return Err(CloudError::BadResponse {
+                url: url.to_owned(),
+                detail: format!(
+                    "user field `suspended`: invalid type: {}, expected a boolean",
+                    super::wire::json_type(v)
+                ),
+            });
+        }
+        let state = match string_field(url, "user", &m, "state")?.as_deref() {
             Some(st) => st.to_owned(),
             None if m.get("suspended").and_then(Value::as_bool) == Some(true) => "SUSPENDED".into(),
             None => "ACTIVATED".into(),
         };
         Ok(JcProfile {
             username,
-            email: s("email"),
-            firstname: s("firstname"),
-            lastname: s("lastname"),
-            displayname: s("displayname"),
+            email: s("email")?,
+            firstname: s("firstname")?,
+            lastname: s("lastname")?,
+            displayname: s("displayname")?,
             state,
             id,
             fields: m,
@@ -203,6 +211,20 @@ mod tests {
         assert_eq!(p.field("jobTitle"), "Ops");
         assert_eq!(p.field("department"), "", "a number is not a string");
         assert!(JcProfile::from_json("u", serde_json::json!({"_id": "a"})).is_err());
+        // A known field of the wrong type is an error naming it, never read as empty.
+        for (field, value) in [
+            ("firstname", serde_json::json!(12345)),
+            ("email", serde_json::json!(["x"])),
+            ("username", serde_json::json!(true)),
+            ("_id", serde_json::json!({"x": 1})),
+            ("state", serde_json::json!(1)),
+            ("suspended", serde_json::json!("yes")),
+        ] {
+            let mut v = serde_json::json!({"_id": "a1", "username": "jdoe", "firstname": "J"});
+            v[field] = value;
+            let e = JcProfile::from_json("u", v).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
+        }
         assert!(JcProfile::from_json("u", serde_json::json!([])).is_err());
     }
 }

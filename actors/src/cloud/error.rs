@@ -43,8 +43,12 @@ pub enum CloudError {
         status: u16,
         message: String,
     },
+    /// A successful answer whose known field has the wrong type (or is missing where required).
     #[error("{url}: unexpected response: {detail}")]
     BadResponse { url: String, detail: String },
+    /// A successful answer that cannot be read at all: empty, not JSON, cut off.
+    #[error("{url}: unreadable response: {detail}")]
+    Garbled { url: String, detail: String },
 }
 
 impl Classified for CloudError {
@@ -57,13 +61,18 @@ impl Classified for CloudError {
             | CloudError::Tls { .. }
             | CloudError::Unauthenticated { .. }
             | CloudError::Forbidden { .. } => Disposition::Fatal,
+            // An answer that cannot be read says nothing about the operation: it may have been
+            // applied (replays are idempotent: creates adopt by back-link), so it is retried within
+            // the budget, then left queued and reported; never quarantined (that would lose it).
             CloudError::Unreachable { .. }
             | CloudError::Timeout { .. }
-            | CloudError::Server { .. } => Disposition::Retry,
+            | CloudError::Server { .. }
+            | CloudError::BadResponse { .. }
+            | CloudError::Garbled { .. } => Disposition::Retry,
             CloudError::Throttled { retry_after, .. } => Disposition::Throttled {
                 retry_after: *retry_after,
             },
-            CloudError::Rejected { .. } | CloudError::BadResponse { .. } => Disposition::BadInput,
+            CloudError::Rejected { .. } => Disposition::BadInput,
         }
     }
 }

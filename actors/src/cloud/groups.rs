@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::users::PAGE_LIMIT;
-use super::wire::seg;
+use super::wire::{seg, string_field};
 use super::{CloudClient, CloudError};
 
 /// Prefix of the anchor marker in a managed group's `description`.
@@ -49,14 +49,34 @@ impl JcGroup {
                 detail: "a user group that is not an object".into(),
             });
         };
-        let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
-        let id = s("id")
-            .or_else(|| s("_id"))
+        // Known fields of the wrong type are errors, never read as empty.
+        let s = |k: &str| string_field(url, "user group", &m, k);
+        let id = s("id")?
+            .or(s("_id")?)
             .ok_or_else(|| CloudError::BadResponse {
                 url: url.to_owned(),
                 detail: "a user group without id".into(),
             })?;
-        let description = s("description").unwrap_or_default();
+        let description = s("description")?.unwrap_or_default();
+        // The writable fields go back in a rename's PUT: one of the wrong type is an error here,
+        // not a 400 there.
+        for (key, ok) in [
+            ("email", Value::is_string as fn(&Value) -> bool),
+            ("attributes", Value::is_object),
+            ("memberQuery", Value::is_object),
+            ("memberQueryExemptions", Value::is_array),
+            ("memberSuggestionsNotify", Value::is_boolean),
+        ] {
+            if let Some(v) = m.get(key).filter(|v| !v.is_null() && !ok(v)) {
+                return Err(CloudError::BadResponse {
+                    url: url.to_owned(),
+                    detail: format!(
+                        "user group field `{key}`: invalid type: {}",
+                        super::wire::json_type(v)
+                    ),
+                });
+            }
+        }
         let writable = WRITABLE_GROUP_FIELDS
             .iter()
             .filter_map(|k| {
@@ -67,10 +87,10 @@ impl JcGroup {
             .collect();
         Ok(JcGroup {
             id,
-            name: s("name").unwrap_or_default(),
+            name: s("name")?.unwrap_or_default(),
             anchor: group_marker(&description),
             description,
-            membership_method: s("membershipMethod"),
+            membership_method: s("membershipMethod")?,
             writable,
         })
     }
@@ -308,6 +328,26 @@ impl CloudClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_fields_of_the_wrong_type_are_named_errors() {
+        let good = serde_json::json!({"id": "g1", "name": "Eng", "description": "d", "email": "",
+                                      "attributes": {}, "futureField": [1]});
+        assert_eq!(JcGroup::from_json("u", good.clone()).unwrap().name, "Eng");
+        for (field, value) in [
+            ("id", serde_json::json!(7)),
+            ("name", serde_json::json!(7)),
+            ("description", serde_json::json!(false)),
+            ("email", serde_json::json!(12345)),
+            ("attributes", serde_json::json!([1])),
+            ("memberQuery", serde_json::json!("q")),
+        ] {
+            let mut v = good.clone();
+            v[field] = value;
+            let e = JcGroup::from_json("u", v).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
+        }
+    }
 
     #[test]
     fn the_group_marker_round_trips_inside_other_text() {

@@ -113,10 +113,7 @@ impl CloudClient {
             .await
             .map_err(|e| CloudError::from_transport(&url, e))?;
         let response = CloudError::check_status(&url, response).await?;
-        let page: SystemUsersPage = response.json().await.map_err(|e| CloudError::BadResponse {
-            url,
-            detail: e.to_string(),
-        })?;
+        let page: SystemUsersPage = Self::read_json(&url, response).await?;
         Ok(KeyProbe {
             user_count: page.total_count.unwrap_or(0),
         })

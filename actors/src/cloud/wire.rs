@@ -1,5 +1,7 @@
 //! Request plumbing shared by the user, group and graph calls: URLs with encoded query strings, one
-//! request each, classified answers, JSON bodies read leniently. Bodies are never logged.
+//! request each, classified answers, JSON bodies read leniently (unknown fields are ignored: JumpCloud
+//! adds fields) but never loosely: an answer that is not JSON is [`CloudError::Garbled`], a known field
+//! of the wrong type is [`CloudError::BadResponse`] naming the field. Bodies are never logged.
 
 use reqwest::{Method, Response};
 use serde::de::DeserializeOwned;
@@ -116,10 +118,86 @@ impl CloudClient {
             .bytes()
             .await
             .map_err(|e| CloudError::from_transport(url, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| CloudError::BadResponse {
+        decode_json(url, &bytes)
+    }
+}
+
+/// A 2xx answer's body as `T`: empty or not JSON (malformed, truncated) is [`CloudError::Garbled`];
+/// JSON whose known field has the wrong type is [`CloudError::BadResponse`] naming the field (its
+/// path, e.g. `results[3].username`); unknown fields are ignored. Values are never quoted.
+pub(crate) fn decode_json<T: DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, CloudError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(CloudError::Garbled {
             url: url.to_owned(),
-            detail: e.to_string(),
-        })
+            detail: "empty body".into(),
+        });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| CloudError::Garbled {
+            url: url.to_owned(),
+            detail: format!(
+                "not JSON ({} at line {} column {} of {} bytes)",
+                match e.classify() {
+                    serde_json::error::Category::Eof => "cut off",
+                    _ => "syntax error",
+                },
+                e.line(),
+                e.column(),
+                bytes.len()
+            ),
+        })?;
+    serde_path_to_error::deserialize(value).map_err(|e| CloudError::BadResponse {
+        url: url.to_owned(),
+        detail: format!("field `{}`: {}", e.path(), type_error(e.inner())),
+    })
+}
+
+/// serde's message without the offending value (`invalid type: string, expected a boolean`).
+fn type_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    for prefix in ["invalid type: ", "invalid value: ", "unknown variant "] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            let kind = if prefix == "unknown variant " {
+                ""
+            } else {
+                rest.split([' ', ',']).next().unwrap_or("")
+            };
+            let expected = rest.rfind(", expected").map_or("", |i| &rest[i..]);
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    text
+}
+
+/// A string field of a JumpCloud object: absent or null is `None`, a string `Some`, any other type
+/// a [`CloudError::BadResponse`] naming `what` and the field.
+pub(crate) fn string_field(
+    url: &str,
+    what: &str,
+    m: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Result<Option<String>, CloudError> {
+    match m.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(CloudError::BadResponse {
+            url: url.to_owned(),
+            detail: format!(
+                "{what} field `{key}`: invalid type: {}, expected a string",
+                json_type(other)
+            ),
+        }),
+    }
+}
+
+pub(crate) fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -167,4 +245,85 @@ pub(super) fn seg(id: &str) -> String {
     url::form_urlencoded::byte_serialize(id.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disposition::{Classified, Disposition};
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct User {
+        #[serde(rename = "_id")]
+        id: Option<String>,
+        username: Option<String>,
+        suspended: Option<bool>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Page {
+        #[serde(rename = "totalCount")]
+        total_count: Option<u64>,
+        results: Vec<User>,
+    }
+
+    /// Every kind of garbled 2xx answer: a named, classified error (retry: the operation may have
+    /// been applied), never a panic; unknown fields are accepted.
+    #[test]
+    fn garbled_and_mistyped_answers_are_named_errors_and_extra_fields_are_fine() {
+        let good = br#"{"totalCount": 1, "results": [{"_id": "a1", "username": "jdoe", "suspended": false}]}"#;
+        let page: Page = decode_json("u", good).unwrap();
+        assert_eq!(page.results[0].username.as_deref(), Some("jdoe"));
+
+        let extra = br#"{"totalCount": 1, "newThing": {"x": [1]}, "results": [{"_id": "a1", "username": "jdoe", "futureField": true}]}"#;
+        assert!(decode_json::<Page>("u", extra).is_ok());
+
+        let mut tried = 2;
+        for (body, garbled, names) in [
+            (&b""[..], true, "empty body"),
+            (b"  \n", true, "empty body"),
+            (b"{\"_id\": oops, <html>", true, "syntax error"),
+            (&good[..good.len() / 2], true, "cut off"),
+            (b"<html>502 Bad Gateway</html>", true, "syntax error"),
+            (b"\xff\xfe\x00garbage", true, "syntax error"),
+            (
+                br#"{"totalCount": "one", "results": []}"#,
+                false,
+                "field `totalCount`",
+            ),
+            (
+                br#"{"results": [{"_id": "a1", "username": 12345}]}"#,
+                false,
+                "field `results[0].username`",
+            ),
+            (
+                br#"{"results": [{"_id": "a1"}, {"_id": ["x"]}]}"#,
+                false,
+                "field `results[1]._id`",
+            ),
+            (br#"{"results": {"_id": "a1"}}"#, false, "field `results`"),
+            (br#"[1, 2]"#, false, "unexpected response: field `"),
+            (
+                br#"{"results": [{"suspended": "yes"}]}"#,
+                false,
+                "results[0].suspended",
+            ),
+        ] {
+            let e = decode_json::<Page>("https://jc/api/x", body).unwrap_err();
+            let text = e.to_string();
+            assert_eq!(matches!(e, CloudError::Garbled { .. }), garbled, "{text}");
+            assert!(text.contains(names), "{text}");
+            assert!(text.starts_with("https://jc/api/x"), "{text}");
+            assert!(
+                !text.contains("12345") && !text.contains("yes\""),
+                "value quoted: {text}"
+            );
+            assert_eq!(e.disposition(), Disposition::Retry, "{text}");
+            tried += 1;
+        }
+        eprintln!("API answers tried: {tried}");
+    }
 }

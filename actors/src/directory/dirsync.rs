@@ -130,19 +130,69 @@ mod tests {
                 cookie: vec![0xaa, 0xbb, 0xcc]
             })
         );
+        let mut tried = 1;
         for bad in [
             vec![],
             vec![0x30],
             vec![0x30, 0x03, 0x02, 0x01, 0x01],
             vec![0x04, 0x00],
             vec![0x30, 0x80, 0xff],
+            // a length claiming far more than there is
+            vec![0x30, 0x84, 0x7f, 0xff, 0xff, 0xff, 0x02, 0x01, 0x01],
+            // cookie given as an INTEGER
+            vec![
+                0x30, 0x09, 0x02, 0x01, 0x01, 0x02, 0x01, 0x00, 0x02, 0x01, 0x05,
+            ],
+            // moreResults given as an OCTET STRING
+            vec![
+                0x30, 0x09, 0x04, 0x01, 0x01, 0x02, 0x01, 0x00, 0x04, 0x01, 0xaa,
+            ],
+            // four items
+            vec![
+                0x30, 0x0c, 0x02, 0x01, 0x01, 0x02, 0x01, 0x00, 0x04, 0x01, 0xaa, 0x02, 0x01, 0x00,
+            ],
+            // two items
+            vec![0x30, 0x06, 0x02, 0x01, 0x01, 0x04, 0x01, 0xaa],
+            // a constructed INTEGER
+            vec![
+                0x30, 0x0b, 0x22, 0x03, 0x02, 0x01, 0x01, 0x02, 0x01, 0x00, 0x04, 0x01, 0xaa,
+            ],
+            // a SET instead of a SEQUENCE
+            vec![
+                0x31, 0x09, 0x02, 0x01, 0x01, 0x02, 0x01, 0x00, 0x04, 0x01, 0xaa,
+            ],
+            // an application-class SEQUENCE
+            vec![
+                0x70, 0x09, 0x02, 0x01, 0x01, 0x02, 0x01, 0x00, 0x04, 0x01, 0xaa,
+            ],
+            // garbage
+            (0u8..=255).collect(),
+            vec![0xff; 64],
         ] {
+            tried += 1;
             let ctrl = RawControl {
                 ctype: DIRSYNC_OID.into(),
                 crit: false,
                 val: Some(bad),
             };
-            assert_eq!(DirSyncResponse::from_control(&ctrl), None);
+            assert_eq!(DirSyncResponse::from_control(&ctrl), None, "{:?}", ctrl.val);
         }
+        // Not the DirSync control, or no value at all.
+        for ctrl in [
+            RawControl {
+                ctype: "1.2.840.113556.1.4.319".into(),
+                crit: false,
+                val: good.val.clone(),
+            },
+            RawControl {
+                ctype: DIRSYNC_OID.into(),
+                crit: true,
+                val: None,
+            },
+        ] {
+            assert_eq!(DirSyncResponse::from_control(&ctrl), None);
+            tried += 1;
+        }
+        eprintln!("DirSync controls tried: {tried}");
     }
 }

@@ -55,6 +55,20 @@ use super::dirsync::{DirSyncRequest, DirSyncResponse, INCREMENTAL_VALUES};
 use super::{DcSession, DirectoryError};
 use crate::model::{DirChange, MemberDelta, ObjectGuid, ObjectKind, RawObject};
 
+/// Entries skipped because their data was unusable (undecodable BER, no or a malformed
+/// objectGUID), since the process started: each is also logged with its DN. The rest of the batch
+/// goes on.
+static UNREADABLE_ENTRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many entries were skipped as unusable since the process started.
+pub fn unreadable_entries() -> u64 {
+    UNREADABLE_ENTRIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn count_unreadable() {
+    UNREADABLE_ENTRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Attributes every read requests (the model's vocabulary); [`ReadSpec::extra_attrs`] adds to them.
 pub const BASE_ATTRIBUTES: [&str; 18] = [
     "objectGUID",
@@ -297,6 +311,7 @@ pub(super) async fn raw_search(
         match decode_entry(entry.0) {
             Ok(e) => out.push(e),
             Err(why) => {
+                count_unreadable();
                 tracing::warn!(dc = %url, operation = what, reason = why, "undecodable search entry skipped")
             }
         }
@@ -363,10 +378,12 @@ fn parse_entry(entry: RawEntry, requested: &HashSet<String>) -> Option<Slot> {
     let guid = match entry.first("objectGUID").map(ObjectGuid::from_bytes) {
         Some(Ok(g)) => g,
         Some(Err(e)) => {
+            count_unreadable();
             tracing::warn!(dn = %entry.dn, error = %e, "entry with an unusable objectGUID skipped");
             return None;
         }
         None => {
+            count_unreadable();
             tracing::warn!(dn = %entry.dn, "entry without objectGUID skipped");
             return None;
         }
@@ -1075,6 +1092,173 @@ mod tests {
             ],
         );
         assert!(parse_entry(decode_entry(computer).unwrap(), &requested()).is_none());
+    }
+
+    /// A batch as a DC could send it, odd entries among good ones: each bad one is skipped (and
+    /// counted) or kept with what is usable; the rest of the batch goes on; nothing panics.
+    #[test]
+    fn a_batch_with_bad_entries_keeps_the_good_ones() {
+        let guid = |n: u8| {
+            let mut g = [0x11u8; 16];
+            g[0] = n;
+            g.to_vec()
+        };
+        let user_classes = || {
+            vec![
+                b"top".to_vec(),
+                b"person".to_vec(),
+                b"organizationalPerson".to_vec(),
+                b"user".to_vec(),
+            ]
+        };
+        let huge = "Zoë Ørsted ".repeat(100_000); // 1.2 MB, multi-byte
+        let escaped_dns = [
+            r"CN=Doe\, John,OU=T,DC=x",
+            r"CN=A\+B,OU=T,DC=x",
+            r#"CN=\"Quoted\",OU=T,DC=x"#,
+            r"CN=Back\\slash,OU=T,DC=x",
+            r"CN=\#hash,OU=T,DC=x",
+            r"CN=\ lead,OU=T,DC=x",
+            r"CN=x\=y,OU=T,DC=x",
+            "CN=Zoë Ørsted,OU=T,DC=x",
+            r"CN=Esc\2C hex,OU=T,DC=x",
+        ];
+        let mut wire = Vec::new();
+        for (i, dn) in escaped_dns.iter().enumerate() {
+            wire.push(wire_entry(
+                dn,
+                &[
+                    ("objectGUID", vec![guid(i as u8)]),
+                    ("objectClass", user_classes()),
+                    ("sAMAccountName", vec![format!("u{i}").into_bytes()]),
+                ],
+            ));
+        }
+        let n_good = escaped_dns.len();
+        // Kept, with what is usable:
+        wire.push(wire_entry(
+            "CN=Huge,OU=T,DC=x",
+            &[
+                ("objectGUID", vec![guid(100)]),
+                ("objectClass", user_classes()),
+                ("sAMAccountName", vec![b"huge".to_vec()]),
+                ("description", vec![huge.clone().into_bytes()]),
+            ],
+        ));
+        wire.push(wire_entry(
+            "CN=Bad Utf8,OU=T,DC=x",
+            &[
+                ("objectGUID", vec![guid(101)]),
+                ("objectClass", user_classes()),
+                ("givenName", vec![vec![0xc3, 0x28]]),
+                ("sAMAccountName", vec![b"badutf8".to_vec()]),
+            ],
+        ));
+        wire.push(wire_entry(
+            "CN=No Sam,OU=T,DC=x",
+            &[
+                ("objectGUID", vec![guid(102)]),
+                ("objectClass", user_classes()),
+            ],
+        ));
+        wire.push(wire_entry(
+            "CN=Two Sams,OU=T,DC=x",
+            &[
+                ("objectGUID", vec![guid(103)]),
+                ("objectClass", user_classes()),
+                ("sAMAccountName", vec![b"one".to_vec(), b"two".to_vec()]),
+                ("givenName", vec![]),
+                ("userAccountControl", vec![b"not a number".to_vec()]),
+                ("objectSid", vec![vec![1, 2, 3]]),
+                ("member;range=7-9", vec![b"CN=z,DC=x".to_vec()]),
+            ],
+        ));
+        wire.push(wire_entry(
+            "CN=t\\0ADEL:0123,CN=Deleted Objects,DC=x",
+            &[
+                ("objectGUID", vec![guid(104)]),
+                ("isDeleted", vec![b"TRUE".to_vec()]),
+            ],
+        ));
+        let kept = 5;
+        // Skipped (and counted):
+        wire.push(wire_entry(
+            "CN=No Guid,OU=T,DC=x",
+            &[
+                ("objectClass", user_classes()),
+                ("sAMAccountName", vec![b"ng".to_vec()]),
+            ],
+        ));
+        wire.push(wire_entry(
+            "CN=Tomb Without Guid\\0ADEL:x,CN=Deleted Objects,DC=x",
+            &[("isDeleted", vec![b"TRUE".to_vec()])],
+        ));
+        wire.push(wire_entry(
+            "CN=Long Guid,OU=T,DC=x",
+            &[
+                ("objectGUID", vec![vec![7; 17]]),
+                ("objectClass", user_classes()),
+            ],
+        ));
+        wire.push(wire_entry(
+            "CN=Empty Guid,OU=T,DC=x",
+            &[("objectGUID", vec![]), ("objectClass", user_classes())],
+        ));
+        wire.push(StructureTag {
+            class: TagClass::Application,
+            id: 4,
+            payload: PL::C(vec![StructureTag {
+                class: TagClass::Universal,
+                id: 4,
+                payload: PL::P(vec![b'C', b'N', b'=', 0xff]),
+            }]),
+        });
+        let skipped = 5;
+        let total = wire.len();
+
+        let mut spec = ReadSpec::new("DC=x");
+        spec.extra_attrs = vec!["description".into()];
+        let requested: HashSet<String> = spec.attributes().into_iter().collect();
+        let before = unreadable_entries();
+        let slots: Vec<Slot> = wire
+            .into_iter()
+            .filter_map(|t| decode_entry(t).ok())
+            .filter_map(|e| parse_entry(e, &requested))
+            .collect();
+        assert_eq!(slots.len(), n_good + kept, "{slots:#?}");
+        assert!(unreadable_entries() - before >= (skipped - 1) as u64);
+        let objects: Vec<&RawObject> = slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Object(p) => Some(&p.object),
+                Slot::Deleted(_) => None,
+            })
+            .collect();
+        // The DNs come through exactly as the DC wrote them (escapes kept: the DN is an identifier
+        // for logs and external_dn, never parsed back).
+        for (i, dn) in escaped_dns.iter().enumerate() {
+            assert_eq!(objects[i].dn, *dn);
+            assert_eq!(objects[i].attrs["samaccountname"], vec![format!("u{i}")]);
+        }
+        let by_dn = |dn: &str| *objects.iter().find(|o| o.dn == dn).unwrap();
+        assert_eq!(by_dn("CN=Huge,OU=T,DC=x").attrs["description"], vec![huge]);
+        let bad = by_dn("CN=Bad Utf8,OU=T,DC=x");
+        assert!(
+            !bad.attrs.contains_key("givenname"),
+            "a non-UTF-8 value is dropped"
+        );
+        assert_eq!(bad.attrs["samaccountname"], vec!["badutf8"]);
+        assert!(!by_dn("CN=No Sam,OU=T,DC=x")
+            .attrs
+            .contains_key("samaccountname"));
+        let two = by_dn("CN=Two Sams,OU=T,DC=x");
+        assert_eq!(two.attrs["samaccountname"], vec!["one", "two"]);
+        assert_eq!(two.rid, None, "a malformed SID gives no RID");
+        assert!(matches!(
+            slots.last(),
+            Some(Slot::Deleted(g)) if *g == ObjectGuid::from_bytes(&guid(104)).unwrap()
+        ));
+        eprintln!("LDAP entries tried: {total}");
     }
 
     #[test]

@@ -48,6 +48,18 @@ impl MappingRules {
     }
 }
 
+/// The longest value JumpCloud accepts in a user's profile fields (`systemuserputpost`: 1024
+/// characters), and the fields with a lower limit.
+pub const JUMPCLOUD_FIELD_MAX: usize = 1024;
+const JUMPCLOUD_FIELD_LIMITS: &[(&str, usize)] = &[("employeeIdentifier", 256)];
+
+fn field_limit(field: &str) -> usize {
+    JUMPCLOUD_FIELD_LIMITS
+        .iter()
+        .find(|(f, _)| *f == field)
+        .map_or(JUMPCLOUD_FIELD_MAX, |(_, n)| *n)
+}
+
 /// A per-object problem: reported with the object's DN, the object is skipped, others proceed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -103,11 +115,35 @@ pub fn desired_user(
             missing.join(", ")
         )));
     }
-    let extra = rules
+    let extra: BTreeMap<String, String> = rules
         .extra
         .iter()
         .filter_map(|(field, attr)| get(attr).map(|v| (field.clone(), v)))
         .collect();
+    // JumpCloud refuses over-long values (400 for the whole user): say which one, and the fix.
+    let too_long: Vec<String> = [
+        ("username", source, &username),
+        ("firstname", rules.firstname.as_str(), &firstname),
+        ("lastname", rules.lastname.as_str(), &lastname),
+        ("email", rules.email.as_str(), &email),
+    ]
+    .into_iter()
+    .chain(
+        extra
+            .iter()
+            .map(|(field, v)| (field.as_str(), rules.extra[field].as_str(), v)),
+    )
+    .filter_map(|(field, attr, v)| {
+        let (n, max) = (v.chars().count(), field_limit(field));
+        (n > max).then(|| format!("{field} ({attr}) has {n} characters, JumpCloud accepts {max}"))
+    })
+    .collect();
+    if !too_long.is_empty() {
+        return Err(problem(format!(
+            "not synced: {}; fix: shorten it in AD",
+            too_long.join(", ")
+        )));
+    }
     Ok(DesiredUser {
         anchor,
         username: username.to_lowercase(),
@@ -207,6 +243,59 @@ mod tests {
         .unwrap_err();
         assert!(p.message.contains("last name (sn)"), "{}", p.message);
         assert!(p.dn.starts_with("CN=José"));
+    }
+
+    #[test]
+    fn an_over_long_value_is_a_problem_naming_the_field_and_attribute() {
+        let rules = MappingRules {
+            extra: BTreeMap::from([
+                ("description".into(), "description".into()),
+                ("employeeIdentifier".into(), "employeeID".into()),
+            ]),
+            ..Default::default()
+        };
+        let at_limit = "é".repeat(1024);
+        let base = [
+            ("samaccountname", "x"),
+            ("givenname", "X"),
+            ("sn", "Y"),
+            ("mail", "x@a"),
+        ];
+        let mut attrs = base.to_vec();
+        attrs.push(("description", &at_limit));
+        let u = desired_user("alpha", &obj(&attrs), &rules).unwrap();
+        assert_eq!(u.extra["description"].chars().count(), 1024);
+
+        let over = "é".repeat(1025);
+        let id = "1".repeat(257);
+        for (attr, value, says) in [
+            (
+                "description",
+                over.as_str(),
+                "description (description) has 1025 characters",
+            ),
+            (
+                "givenname",
+                over.as_str(),
+                "firstname (givenName) has 1025 characters",
+            ),
+            (
+                "employeeid",
+                id.as_str(),
+                "employeeIdentifier (employeeID) has 257 characters, JumpCloud accepts 256",
+            ),
+        ] {
+            let mut attrs: Vec<(&str, &str)> =
+                base.iter().copied().filter(|(k, _)| *k != attr).collect();
+            attrs.push((attr, value));
+            let p = desired_user("alpha", &obj(&attrs), &rules).unwrap_err();
+            assert!(
+                p.message.contains(says) && p.message.contains("fix:"),
+                "{}",
+                p.message
+            );
+            assert!(!p.message.contains(&over[..20]), "the value is not quoted");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use axum::{Extension, Router};
 use serde_json::{json, Value};
 
 use crate::clock::{format_ms, system_time_ms};
-use crate::config::is_object_id;
+use crate::config::{is_object_id, CorruptMode};
 use crate::http::{error_body, ApiError, ApiResponse, ApiResult, Body};
 use crate::query::Params;
 use crate::reqlog::redact;
@@ -410,7 +410,93 @@ async fn process(
             dropped: false,
         };
     }
+    // 10. apply, then garble the answer
+    if (200..300).contains(&resp.status) && sh.chance(faults.corrupt_rate) {
+        if let Some(mode) = sh.pick(&faults.corrupt_modes) {
+            return Outcome {
+                resp: corrupt(resp, mode),
+                check: Check::Fault(mode.fault_name()),
+                retry_after: None,
+                dropped: false,
+            };
+        }
+    }
     Outcome::checked(resp)
+}
+
+/// A successful answer garbled per `mode` (status and headers kept; an empty-body mode answers 200).
+fn corrupt(mut resp: ApiResponse, mode: CorruptMode) -> ApiResponse {
+    let json = match &resp.body {
+        Body::Json(v) => serde_json::to_vec(v).unwrap_or_default(),
+        Body::Raw(b) => b.clone(),
+        Body::Empty => b"{}".to_vec(),
+    };
+    let value = || serde_json::from_slice::<Value>(&json).unwrap_or(Value::Null);
+    resp.body = match mode {
+        CorruptMode::MalformedJson => Body::Raw(b"{\"_id\": oops, <html>".to_vec()),
+        CorruptMode::Truncated => Body::Raw(json[..json.len() / 2].to_vec()),
+        CorruptMode::WrongTypes => {
+            let mut v = value();
+            wrong_types(&mut v, 0);
+            Body::Json(v)
+        }
+        CorruptMode::ExtraFields => {
+            let mut v = value();
+            extra_fields(&mut v, 0);
+            Body::Json(v)
+        }
+        CorruptMode::EmptyBody => {
+            resp.status = 200;
+            Body::Empty
+        }
+    };
+    resp
+}
+
+/// Every field of the answer's objects (the object, a list's objects, `results`) with another type.
+fn wrong_types(v: &mut Value, depth: u8) {
+    match v {
+        Value::Array(items) if depth < 2 => {
+            items.iter_mut().for_each(|i| wrong_types(i, depth + 1))
+        }
+        Value::Object(map) => {
+            for (k, field) in map.iter_mut() {
+                if k == "results" && depth < 2 {
+                    wrong_types(field, depth + 1);
+                    continue;
+                }
+                *field = match field {
+                    Value::String(_) => json!(12345),
+                    Value::Number(_) | Value::Bool(_) | Value::Null => json!("not-the-right-type"),
+                    Value::Object(_) => json!([1, 2, 3]),
+                    Value::Array(_) => json!({"unexpected": "object"}),
+                };
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Unknown fields added to the answer's objects (the object, a list's objects, `results`).
+fn extra_fields(v: &mut Value, depth: u8) {
+    match v {
+        Value::Array(items) if depth < 2 => {
+            items.iter_mut().for_each(|i| extra_fields(i, depth + 1))
+        }
+        Value::Object(map) => {
+            if let Some(results) = map.get_mut("results") {
+                if depth < 2 {
+                    extra_fields(results, depth + 1);
+                }
+            }
+            map.insert(
+                "jcemuFutureField".into(),
+                json!({"nested": [1, "two", null], "flag": true}),
+            );
+            map.insert("jcemu_added_at".into(), json!("2030-01-01T00:00:00Z"));
+        }
+        _ => {}
+    }
 }
 
 async fn handle(

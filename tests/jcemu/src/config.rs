@@ -102,6 +102,49 @@ pub struct FaultSettings {
     /// Probability (0..=1) of applying a request and then answering one of `error_statuses` anyway (tests
     /// recovery of non-idempotent calls such as `POST /systemusers`).
     pub commit_then_fail_rate: f64,
+    /// Probability (0..=1) of applying a request and then corrupting its successful (2xx) answer in one of
+    /// `corrupt_modes`, picked at random (tests the client's handling of garbled answers).
+    pub corrupt_rate: f64,
+    /// The corruptions `corrupt_rate` picks from (default: all of them).
+    pub corrupt_modes: Vec<CorruptMode>,
+}
+
+/// How `corrupt_rate` garbles a successful answer (the request was applied either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorruptMode {
+    /// Not JSON at all (`{"_id": oops`).
+    MalformedJson,
+    /// The JSON cut off in the middle.
+    Truncated,
+    /// Valid JSON whose known fields have the wrong type (strings become numbers, numbers and
+    /// booleans strings, objects arrays), in the object and in every object of a list or `results`.
+    WrongTypes,
+    /// Valid JSON with extra, unknown fields (JumpCloud adds fields over time): must be accepted.
+    ExtraFields,
+    /// Status 200 with an empty body.
+    EmptyBody,
+}
+
+impl CorruptMode {
+    pub const ALL: [CorruptMode; 5] = [
+        CorruptMode::MalformedJson,
+        CorruptMode::Truncated,
+        CorruptMode::WrongTypes,
+        CorruptMode::ExtraFields,
+        CorruptMode::EmptyBody,
+    ];
+
+    /// The request log's `fault` value.
+    pub fn fault_name(self) -> &'static str {
+        match self {
+            CorruptMode::MalformedJson => "corrupt_malformed_json",
+            CorruptMode::Truncated => "corrupt_truncated",
+            CorruptMode::WrongTypes => "corrupt_wrong_types",
+            CorruptMode::ExtraFields => "corrupt_extra_fields",
+            CorruptMode::EmptyBody => "corrupt_empty_body",
+        }
+    }
 }
 
 impl Default for FaultSettings {
@@ -114,6 +157,8 @@ impl Default for FaultSettings {
             latency_ms: 0,
             drop_rate: 0.0,
             commit_then_fail_rate: 0.0,
+            corrupt_rate: 0.0,
+            corrupt_modes: CorruptMode::ALL.to_vec(),
         }
     }
 }
@@ -124,6 +169,7 @@ impl FaultSettings {
             ("error_rate", self.error_rate),
             ("drop_rate", self.drop_rate),
             ("commit_then_fail_rate", self.commit_then_fail_rate),
+            ("corrupt_rate", self.corrupt_rate),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} must be between 0 and 1, got {v}"));
@@ -131,6 +177,9 @@ impl FaultSettings {
         }
         if self.error_statuses.is_empty() {
             return Err("error_statuses must not be empty".into());
+        }
+        if self.corrupt_modes.is_empty() {
+            return Err("corrupt_modes must not be empty".into());
         }
         if let Some(s) = self
             .error_statuses
@@ -231,6 +280,8 @@ pub struct Config {
     pub latency_ms: u64,
     pub drop_rate: f64,
     pub commit_then_fail_rate: f64,
+    pub corrupt_rate: f64,
+    pub corrupt_modes: Vec<CorruptMode>,
     /// Seed of the RNG behind fault injection, password salts and connect keys (runs are repeatable).
     pub seed: u64,
     pub password_policy: PasswordPolicy,
@@ -268,6 +319,8 @@ impl Default for Config {
             latency_ms: f.latency_ms,
             drop_rate: f.drop_rate,
             commit_then_fail_rate: f.commit_then_fail_rate,
+            corrupt_rate: f.corrupt_rate,
+            corrupt_modes: f.corrupt_modes,
             seed: 0x006a_6365_6d75,
             password_policy: s.password_policy,
             default_user_state: s.default_user_state,
@@ -314,6 +367,8 @@ impl Config {
             latency_ms: self.latency_ms,
             drop_rate: self.drop_rate,
             commit_then_fail_rate: self.commit_then_fail_rate,
+            corrupt_rate: self.corrupt_rate,
+            corrupt_modes: self.corrupt_modes.clone(),
         }
     }
 

@@ -33,8 +33,8 @@ mod v1;
 mod v2;
 
 pub use config::{
-    is_object_id, Config, DefaultUserState, FaultSettings, LimitPolicy, PasswordPolicy, Settings,
-    DEFAULT_AGENT_HEARTBEAT_TIMEOUT_MS, DEFAULT_API_KEY, DEFAULT_ORG_ID,
+    is_object_id, Config, CorruptMode, DefaultUserState, FaultSettings, LimitPolicy,
+    PasswordPolicy, Settings, DEFAULT_AGENT_HEARTBEAT_TIMEOUT_MS, DEFAULT_API_KEY, DEFAULT_ORG_ID,
 };
 pub use error::Error;
 pub use server::Emulator;

@@ -52,6 +52,10 @@ struct Cli {
     /// Probability of applying a request and then answering an error anyway.
     #[arg(long, default_value_t = 0.0)]
     commit_then_fail_rate: f64,
+    /// Probability of applying a request and then corrupting its successful answer (malformed JSON,
+    /// truncated, wrong field types, extra fields, empty body; `PUT /__emulator/faults` picks modes).
+    #[arg(long, default_value_t = 0.0)]
+    corrupt_rate: f64,
     /// RNG seed (fault injection, salts, connect keys).
     #[arg(long)]
     seed: Option<u64>,
@@ -143,6 +147,8 @@ async fn main() -> anyhow::Result<()> {
         latency_ms: cli.latency_ms,
         drop_rate: cli.drop_rate,
         commit_then_fail_rate: cli.commit_then_fail_rate,
+        corrupt_rate: cli.corrupt_rate,
+        corrupt_modes: defaults.corrupt_modes.clone(),
         seed: cli.seed.unwrap_or(defaults.seed),
         password_policy,
         default_user_state,
