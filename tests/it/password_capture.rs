@@ -376,12 +376,12 @@ async fn an_ldap_reset_is_captured_and_confirmed_and_refused_passwords_never_are
     let mut pending = PendingPasswords::default();
     let id = c.id.clone();
     let captured_at = c.captured_at;
-    assert_eq!(pending.insert(c, baseline, SystemTime::now()), None);
+    assert_eq!(pending.insert(c, baseline, Instant::now()), None);
     let now_value = pwd_last_set(&mut admin, &dn).await;
     report_stamp_lead("LDAP reset", captured_at, now_value);
     let committed_at = Instant::now();
     let confirmed = pending
-        .observe_pwd_last_set("alpha", &name, now_value, SystemTime::now())
+        .observe_pwd_last_set("alpha", &name, now_value, Instant::now())
         .expect("a committed reset is confirmed by pwdLastSet");
     assert_eq!(confirmed.password.expose(), password);
     inbox.ack(&id).unwrap();
@@ -447,14 +447,13 @@ async fn an_ldap_reset_is_captured_and_confirmed_and_refused_passwords_never_are
     assert_eq!(candidate.password.expose(), doomed);
     let candidate_id = candidate.id.clone();
     let at_capture = pwd_last_set(&mut admin, &dn).await;
-    pending.insert(candidate, at_capture, SystemTime::now());
+    pending.insert(candidate, at_capture, Instant::now());
     let later = pwd_last_set(&mut admin, &dn).await;
     assert_eq!(later, at_capture, "the refused add changed pwdLastSet");
     assert!(pending
-        .observe_pwd_last_set("alpha", &name, later, SystemTime::now())
+        .observe_pwd_last_set("alpha", &name, later, Instant::now())
         .is_none());
-    let gone =
-        pending.expire(SystemTime::now() + pending.confirm_window() + Duration::from_secs(1));
+    let gone = pending.expire(Instant::now() + pending.confirm_window() + Duration::from_secs(1));
     assert_eq!(gone, vec![candidate_id.clone()]);
     inbox.ack(&candidate_id).unwrap();
 
@@ -649,11 +648,11 @@ async fn samba_tool_setpassword_and_kpasswd_changes_are_captured() {
     let mut pending = PendingPasswords::default();
     let id = c.id.clone();
     let captured_at = c.captured_at;
-    pending.insert(c, 0, SystemTime::now());
+    pending.insert(c, 0, Instant::now());
     let committed = pwd_last_set(&mut admin, &dn).await;
     report_stamp_lead("kpasswd", captured_at, committed);
     assert!(pending
-        .observe_pwd_last_set("alpha", &name, committed, SystemTime::now())
+        .observe_pwd_last_set("alpha", &name, committed, Instant::now())
         .is_some());
     inbox.ack(&id).unwrap();
 
@@ -673,13 +672,13 @@ async fn samba_tool_setpassword_and_kpasswd_changes_are_captured() {
     assert_eq!(c.password.expose(), second);
     let id = c.id.clone();
     let at_capture = pwd_last_set(&mut admin, &dn).await;
-    pending.insert(c, at_capture, SystemTime::now());
+    pending.insert(c, at_capture, Instant::now());
     let now_value = pwd_last_set(&mut admin, &dn).await;
     assert!(pending
-        .observe_pwd_last_set("alpha", &name, now_value, SystemTime::now())
+        .observe_pwd_last_set("alpha", &name, now_value, Instant::now())
         .is_none());
     assert_eq!(
-        pending.expire(SystemTime::now() + pending.confirm_window() + Duration::from_secs(1)),
+        pending.expire(Instant::now() + pending.confirm_window() + Duration::from_secs(1)),
         vec![id.clone()]
     );
     inbox.ack(&id).unwrap();

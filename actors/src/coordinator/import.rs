@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use actix::prelude::*;
 
@@ -511,7 +510,7 @@ impl Actor for ImportCoordinator {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(std::time::Duration::from_secs(1), |act, _| {
-            for id in act.pending.expire(SystemTime::now()) {
+            for id in act.pending.expire(std::time::Instant::now()) {
                 tracing::info!(capture = %id, "captured password not committed by AD in time (rejected?); dropped, never sent");
                 act.ack(id);
             }
@@ -569,10 +568,12 @@ impl Handler<DomainBatch> for ImportCoordinator {
             }
         }
         for (account, value) in outcome.pwd_changes {
-            if let Some(captured) =
-                self.pending
-                    .observe_pwd_last_set(&batch.domain, &account, value, SystemTime::now())
-            {
+            if let Some(captured) = self.pending.observe_pwd_last_set(
+                &batch.domain,
+                &account,
+                value,
+                std::time::Instant::now(),
+            ) {
                 if let Some((target, _)) = self.engine.password_target(&batch.domain, &account) {
                     self.forward(target, captured);
                 }
@@ -593,9 +594,9 @@ impl Handler<Captured> for ImportCoordinator {
             Some((target, pwd_last_set)) => {
                 let (domain, account) = (captured.domain.clone(), captured.account.clone());
                 tracing::debug!(domain = %domain, account = %account, "password captured; waiting for AD to commit it");
-                if let Some(loser) = self
-                    .pending
-                    .insert(captured, pwd_last_set, SystemTime::now())
+                if let Some(loser) =
+                    self.pending
+                        .insert(captured, pwd_last_set, std::time::Instant::now())
                 {
                     self.ack(loser);
                 }
@@ -604,7 +605,7 @@ impl Handler<Captured> for ImportCoordinator {
                     &domain,
                     &account,
                     pwd_last_set,
-                    SystemTime::now(),
+                    std::time::Instant::now(),
                 ) {
                     self.forward(target, confirmed);
                 }

@@ -25,12 +25,12 @@
 //! for committed. Under the default domain policy (minimum age 1 day for self changes; admin resets
 //! skip history) that sequence cannot happen.
 //!
-//! A candidate is dropped, never forwarded, when its confirmation window (counted from when it was
-//! inserted, so captures replayed from the spool after an outage get a full window) passes
+//! A candidate is dropped, never forwarded, when its confirmation window (counted on the monotonic
+//! clock from when it was inserted, so a wall-clock jump changes nothing; so captures replayed from the spool after an outage get a full window) passes
 //! ([`PendingPasswords::expire`]), or when a newer capture for the same account replaces it.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::CapturedPassword;
 
@@ -47,7 +47,8 @@ const FILETIME_UNIX_EPOCH: i64 = 116_444_736_000_000_000;
 struct Candidate {
     captured: CapturedPassword,
     pwd_last_set_at_capture: i64,
-    deadline: SystemTime,
+    /// Monotonic: a wall-clock jump neither drops a candidate early nor keeps it for ever.
+    deadline: Instant,
 }
 
 /// Candidates per (domain, account); domain and account compare case-insensitively.
@@ -125,7 +126,7 @@ impl PendingPasswords {
     }
 
     /// The earliest deadline, for scheduling the next [`PendingPasswords::expire`].
-    pub fn next_deadline(&self) -> Option<SystemTime> {
+    pub fn next_deadline(&self) -> Option<Instant> {
         self.candidates.values().map(|c| c.deadline).min()
     }
 
@@ -137,7 +138,7 @@ impl PendingPasswords {
         &mut self,
         captured: CapturedPassword,
         pwd_last_set_at_capture: i64,
-        now: SystemTime,
+        now: Instant,
     ) -> Option<String> {
         let k = key(&captured.domain, &captured.account);
         if let Some(held) = self.candidates.get(&k) {
@@ -167,7 +168,7 @@ impl PendingPasswords {
         domain: &str,
         account: &str,
         new_value: i64,
-        now: SystemTime,
+        now: Instant,
     ) -> Option<CapturedPassword> {
         let k = key(domain, account);
         let candidate = self.candidates.get(&k)?;
@@ -188,7 +189,7 @@ impl PendingPasswords {
 
     /// Drops the candidates whose window passed at `now` (AD did not commit them, e.g. history)
     /// and returns their ids, so the caller can acknowledge (delete) them. They are never forwarded.
-    pub fn expire(&mut self, now: SystemTime) -> Vec<String> {
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
         let mut gone = Vec::new();
         self.candidates.retain(|_, c| {
             let keep = now <= c.deadline;
@@ -223,6 +224,12 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    /// The monotonic clock `secs` seconds after a fixed start.
+    fn tick(secs: u64) -> Instant {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *START.get_or_init(Instant::now) + Duration::from_secs(secs)
     }
 
     fn ft(secs: u64) -> i64 {
@@ -299,10 +306,10 @@ mod tests {
         for (case, baseline, observed, observed_at, forwarded) in cases {
             let mut p = PendingPasswords::new(Duration::from_secs(120));
             assert_eq!(
-                p.insert(capture("c1", "jdoe", 100), *baseline, at(101)),
+                p.insert(capture("c1", "jdoe", 100), *baseline, tick(101)),
                 None
             );
-            let got = p.observe_pwd_last_set("alpha", "jdoe", *observed, at(*observed_at));
+            let got = p.observe_pwd_last_set("alpha", "jdoe", *observed, tick(*observed_at));
             assert_eq!(got.is_some(), *forwarded, "{case}");
             if let Some(c) = got {
                 assert_eq!(c.password.expose(), "pw-c1", "{case}");
@@ -316,30 +323,30 @@ mod tests {
         let mut p = PendingPasswords::default().with_stamp_lead(Duration::from_millis(500));
         let mut c = capture("c1", "jdoe", 100);
         c.captured_at = at(100) + Duration::from_millis(700);
-        p.insert(c, ft(10), at(101));
+        p.insert(c, ft(10), tick(101));
         let too_early = system_time_to_filetime(at(100) + Duration::from_millis(199));
         let in_lead = system_time_to_filetime(at(100) + Duration::from_millis(200));
         assert!(p
-            .observe_pwd_last_set("alpha", "jdoe", too_early, at(101))
+            .observe_pwd_last_set("alpha", "jdoe", too_early, tick(101))
             .is_none());
         assert!(p
-            .observe_pwd_last_set("alpha", "jdoe", in_lead, at(101))
+            .observe_pwd_last_set("alpha", "jdoe", in_lead, tick(101))
             .is_some());
     }
 
     #[test]
     fn accounts_and_domains_are_matched_case_insensitively_and_kept_apart() {
         let mut p = PendingPasswords::default();
-        p.insert(capture("c1", "JDoe", 100), ft(10), at(100));
+        p.insert(capture("c1", "JDoe", 100), ft(10), tick(100));
         let mut beta = capture("c2", "jdoe", 100);
         beta.domain = "beta".into();
-        p.insert(beta, ft(10), at(100));
+        p.insert(beta, ft(10), tick(100));
         assert_eq!(p.len(), 2);
         assert!(p
-            .observe_pwd_last_set("alpha", "other", ft(101), at(101))
+            .observe_pwd_last_set("alpha", "other", ft(101), tick(101))
             .is_none());
         let got = p
-            .observe_pwd_last_set("ALPHA", "jdoe", ft(101), at(101))
+            .observe_pwd_last_set("ALPHA", "jdoe", ft(101), tick(101))
             .unwrap();
         assert_eq!(got.id, "c1");
         assert_eq!(p.pending_id("beta", "JDOE"), Some("c2"));
@@ -348,26 +355,32 @@ mod tests {
     #[test]
     fn a_newer_capture_replaces_an_older_one_and_never_the_reverse() {
         let mut p = PendingPasswords::default();
-        assert_eq!(p.insert(capture("old", "jdoe", 100), ft(10), at(100)), None);
         assert_eq!(
-            p.insert(capture("new", "jdoe", 105), ft(10), at(105)),
+            p.insert(capture("old", "jdoe", 100), ft(10), tick(100)),
+            None
+        );
+        assert_eq!(
+            p.insert(capture("new", "jdoe", 105), ft(10), tick(105)),
             Some("old".into())
         );
         // a late spool replay of an even older capture loses
         assert_eq!(
-            p.insert(capture("older", "jdoe", 90), ft(10), at(106)),
+            p.insert(capture("older", "jdoe", 90), ft(10), tick(106)),
             Some("older".into())
         );
         assert_eq!(p.pending_id("alpha", "jdoe"), Some("new"));
         // the same capture again (delivered by socket and spool) displaces nothing
-        assert_eq!(p.insert(capture("new", "jdoe", 105), ft(10), at(106)), None);
+        assert_eq!(
+            p.insert(capture("new", "jdoe", 105), ft(10), tick(106)),
+            None
+        );
         // the committed value is from "old"'s change, more than the lead before "new" was captured
         let mut p = p.with_stamp_lead(Duration::from_secs(2));
         assert!(p
-            .observe_pwd_last_set("alpha", "jdoe", ft(101), at(107))
+            .observe_pwd_last_set("alpha", "jdoe", ft(101), tick(107))
             .is_none());
         let got = p
-            .observe_pwd_last_set("alpha", "jdoe", ft(106), at(107))
+            .observe_pwd_last_set("alpha", "jdoe", ft(106), tick(107))
             .unwrap();
         assert_eq!(got.id, "new");
     }
@@ -375,20 +388,20 @@ mod tests {
     #[test]
     fn expire_drops_only_candidates_past_their_window() {
         let mut p = PendingPasswords::new(Duration::from_secs(60));
-        p.insert(capture("a", "u1", 100), ft(10), at(100));
-        p.insert(capture("b", "u2", 130), ft(10), at(130));
-        assert_eq!(p.next_deadline(), Some(at(160)));
+        p.insert(capture("a", "u1", 100), ft(10), tick(100));
+        p.insert(capture("b", "u2", 130), ft(10), tick(130));
+        assert_eq!(p.next_deadline(), Some(tick(160)));
         assert!(
-            p.expire(at(160)).is_empty(),
+            p.expire(tick(160)).is_empty(),
             "the deadline itself is still inside"
         );
-        assert_eq!(p.expire(at(161)), vec!["a".to_string()]);
+        assert_eq!(p.expire(tick(161)), vec!["a".to_string()]);
         assert_eq!(p.len(), 1);
         // an expired candidate is never forwarded, even if its commit shows up later
         assert!(p
-            .observe_pwd_last_set("alpha", "u1", ft(150), at(162))
+            .observe_pwd_last_set("alpha", "u1", ft(150), tick(162))
             .is_none());
-        assert_eq!(p.expire(at(500)), vec!["b".to_string()]);
+        assert_eq!(p.expire(tick(500)), vec!["b".to_string()]);
         assert!(p.is_empty());
     }
 }
