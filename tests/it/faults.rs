@@ -838,3 +838,112 @@ async fn a_full_disk_stops_the_agent_advancing_and_it_resumes_without_loss_when_
     agent.kill();
     c.cleanup().await;
 }
+
+/// libfaketime, from Debian's `faketime` package (`deploy/test-all` installs it).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// The agent's wall clock jumps forward (2 hours, 1 day) and back while AD changes and JumpCloud
+/// answers half the requests with 502 (backoff in play): every change still arrives, once. The
+/// monotonic clock is left alone, as a real clock step (NTP, a VM resume) leaves it.
+#[tokio::test(flavor = "multi_thread")]
+async fn wall_clock_jumps_forward_and_back_break_neither_delivery_nor_backoff() {
+    let Some(lab) = support::lab() else { return };
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: apt-get install faketime"
+    );
+    let mut c = Corner::new(lab, &lab.alpha, "clock").await;
+    let tag = unique("ck");
+    let root = c.root.clone();
+    let mut dns = vec![];
+    for i in 0..3 {
+        let dn = c.person(&format!("{tag}{i}")).await;
+        c.add_member(&root, &dn).await;
+        dns.push(dn);
+    }
+    let emu = emulator(jcemu::Config::default()).await;
+    let dir = scratch("clock");
+    std::fs::create_dir_all(&dir).unwrap();
+    let offset = dir.join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let env = vec![
+        ("LD_PRELOAD".to_owned(), LIBFAKETIME.to_owned()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".to_owned(),
+            offset.display().to_string(),
+        ),
+        ("FAKETIME_CACHE_DURATION".to_owned(), "1".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+        ("FAKETIME_DONT_RESET".to_owned(), "1".to_owned()),
+    ];
+    let text = Agent::config_text(lab, &emu, &dir, &[("alpha", &lab.alpha, &c.root)], "");
+    let agent = Agent::start_with_env(dir.clone(), &text, env);
+    let mine = |s: &Value| -> usize {
+        s["users"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|u| u["username"].as_str().is_some_and(|n| n.starts_with(&tag)))
+            .count()
+    };
+    crate::import_mode::wait_for(&emu, &agent, Duration::from_secs(60), "3 users", |s| {
+        mine(s) == 3
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(emu.ca_pem().unwrap().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let mut errors = fault_profile(0).1;
+    errors["error_rate"] = json!(0.5);
+    set_faults(&client, &emu, &errors).await;
+
+    // (offset, user, new sn): forward 2 h, back 2 h, forward 1 day, back 1 day.
+    let steps = [
+        ("+2h", 0, "AfterPlusTwoHours"),
+        ("+0", 1, "AfterBackTwoHours"),
+        ("+1d", 2, "AfterPlusOneDay"),
+        ("+0", 0, "AfterBackOneDay"),
+    ];
+    for (jump, i, sn) in steps {
+        std::fs::write(&offset, format!("{jump}\n")).unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.set(&dns[i], "sn", sn).await;
+        let name = format!("{tag}{i}");
+        let took = crate::import_mode::wait_for(
+            &emu,
+            &agent,
+            Duration::from_secs(90),
+            &format!("{name}'s sn {sn} after the clock jumped to {jump}"),
+            |s| crate::import_mode::user(s, &name).is_some_and(|u| u["lastname"] == sn),
+        )
+        .await;
+        eprintln!("clock {jump}: change delivered in {took:?}");
+    }
+    // A user created after the jumps arrives too, once.
+    let late = c.person(&format!("{tag}3")).await;
+    c.add_member(&root, &late).await;
+    crate::import_mode::wait_for(&emu, &agent, Duration::from_secs(90), "the 4th user", |s| {
+        mine(s) == 4
+    })
+    .await;
+    set_faults(&client, &emu, &fault_profile(0).1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(mine(&emu.state()), 4, "no duplicate after the clock jumps");
+    // The jumps reached the agent: its log has a line stamped a day ahead.
+    let log = agent.log();
+    let tomorrow = jcemu::clock::format_ms(
+        jcemu::clock::system_time_ms(std::time::SystemTime::now()) + 86_400_000,
+    );
+    assert!(
+        log.lines().any(|l| l.get(..10) == tomorrow.get(..10)),
+        "libfaketime did not move the agent's clock (no log line dated {})",
+        &tomorrow[..10]
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    drop(agent);
+    c.cleanup().await;
+}

@@ -149,6 +149,8 @@ pub struct Agent {
     child: Option<Child>,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// Extra environment for every spawn (e.g. libfaketime's).
+    pub env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -183,6 +185,11 @@ impl Agent {
     }
 
     pub fn start(dir: PathBuf, config_text: &str) -> Agent {
+        Agent::start_with_env(dir, config_text, Vec::new())
+    }
+
+    /// As [`Agent::start`], with extra environment for every spawn.
+    pub fn start_with_env(dir: PathBuf, config_text: &str, env: Vec<(String, String)>) -> Agent {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("forestsync.toml");
         std::fs::write(&config, config_text).unwrap();
@@ -190,6 +197,7 @@ impl Agent {
             child: None,
             dir,
             config,
+            env,
         };
         agent.spawn();
         agent
@@ -206,6 +214,7 @@ impl Agent {
             .arg(&self.config)
             .env("FORESTSYNC_LOG", "info,forestsync_actors=info")
             .env("FORESTSYNC_LOG_FORMAT", "text")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
