@@ -149,6 +149,8 @@ pub struct Agent {
     child: Option<Child>,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// `FORESTSYNC_LOG_FORMAT` for the agent's stderr (`agent.log`).
+    log_format: &'static str,
 }
 
 impl Agent {
@@ -183,6 +185,15 @@ impl Agent {
     }
 
     pub fn start(dir: PathBuf, config_text: &str) -> Agent {
+        Agent::start_with_log_format(dir, config_text, "text")
+    }
+
+    /// Like [`Agent::start`], with the log format the agent uses off a terminal in production.
+    pub fn start_json(dir: PathBuf, config_text: &str) -> Agent {
+        Agent::start_with_log_format(dir, config_text, "json")
+    }
+
+    fn start_with_log_format(dir: PathBuf, config_text: &str, log_format: &'static str) -> Agent {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("forestsync.toml");
         std::fs::write(&config, config_text).unwrap();
@@ -190,6 +201,7 @@ impl Agent {
             child: None,
             dir,
             config,
+            log_format,
         };
         agent.spawn();
         agent
@@ -205,7 +217,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("FORESTSYNC_LOG", "info,forestsync_actors=info")
-            .env("FORESTSYNC_LOG_FORMAT", "text")
+            .env("FORESTSYNC_LOG_FORMAT", self.log_format)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::check_command::{
     domain_section, emulator, jumpcloud_section, run_check, scratch_dir, API_KEY,
 };
+use crate::import_mode::API_KEY as API_KEY_IMPORT;
 use crate::support::{self, Lab};
 
 /// `check` on a config with ALPHA's DC1 only (`dc`, `dc_ca`) and the emulator (`jc_ca`).
@@ -283,4 +284,405 @@ pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// One secret and the byte strings that would betray it.
+struct Needle {
+    what: String,
+    forms: Vec<Vec<u8>>,
+    /// The one file allowed to hold it (its own key file).
+    home: Option<PathBuf>,
+}
+
+impl Needle {
+    fn text(what: impl Into<String>, value: &str) -> Needle {
+        Needle {
+            what: what.into(),
+            forms: vec![value.as_bytes().to_vec()],
+            home: None,
+        }
+    }
+    /// A password: as typed and as AD's unicodePwd carries it (UTF-16LE).
+    fn password(what: impl Into<String>, value: &str) -> Needle {
+        Needle {
+            what: what.into(),
+            forms: vec![value.as_bytes().to_vec(), utf16le(value)],
+            home: None,
+        }
+    }
+    /// A raw key file: its bytes, and their hex (both cases).
+    fn key_file(what: impl Into<String>, path: &Path) -> Needle {
+        let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(raw.len(), 32, "{} holds a 32-byte key", path.display());
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        Needle {
+            what: what.into(),
+            forms: vec![
+                raw,
+                hex.clone().into_bytes(),
+                hex.to_uppercase().into_bytes(),
+            ],
+            home: Some(path.to_path_buf()),
+        }
+    }
+}
+
+/// The hook program run as user `nobody` (uid/gid 65534, no groups), `password` on stdin.
+async fn hook_as_nobody(config: &Path, account: &str, password: &str) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        env!("CARGO_BIN_EXE_forestsync"),
+        "capture-password",
+        "--config",
+    ])
+    .arg(config)
+    .args(["--domain", "alpha"])
+    .env("SAMBA_CPS_ACCOUNT_NAME", account);
+    crate::password_capture::run_with_timeout(cmd, &format!("{password}\n")).await
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn forestsync(args: &[&str], config: &Path) -> Vec<u8> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_forestsync"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .await
+        .expect("forestsync runs");
+    let mut all = out.stdout;
+    all.extend_from_slice(&out.stderr);
+    all
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_reaches_logs_exports_files_or_output_and_private_files_stay_private() {
+    use crate::import_mode::{self, user, wait_for, Agent, Corner};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use std::time::Duration;
+
+    let Some(lab) = support::lab() else { return };
+    let _one_hook_at_a_time = crate::password_capture::HOOK_LOCK.lock().await;
+    let mut c = Corner::new(lab, &lab.alpha, "sec").await;
+    let sam = support::unique("sec");
+    let dn = c.person(&sam).await;
+    let root = c.root.clone();
+    c.add_member(&root, &dn).await;
+
+    // JumpCloud asks for 20 characters, more than AD and the hook: a shorter password is accepted
+    // in AD, forwarded, and refused by JumpCloud (the error path).
+    let emu = import_mode::emulator(jcemu::Config {
+        password_policy: jcemu::PasswordPolicy {
+            min_length: 20,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let (otlp, received) = crate::telemetry::otlp_receiver().await;
+    let dir = import_mode::scratch("sec");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ops = crate::telemetry::free_port();
+    let mut text = Agent::config_text(lab, &emu, &dir, &[("alpha", &lab.alpha, &c.root)], "");
+    text += &format!(
+        "\n[telemetry]\nlisten = \"127.0.0.1:{ops}\"\notlp_endpoint = \"http://{otlp}\"\nexport_interval_seconds = 1\n"
+    );
+    let mut agent = Agent::start_json(dir.clone(), &text);
+    const SYNC: Duration = Duration::from_secs(90);
+    wait_for(&emu, &agent, SYNC, "the user in JumpCloud", |s| {
+        user(s, &sam).is_some()
+    })
+    .await;
+    let id = user(&emu.state(), &sam).unwrap()["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let password_date = |s: &serde_json::Value| -> Option<String> {
+        s["passwords"]
+            .as_array()?
+            .iter()
+            .find(|p| p["user_id"] == id.as_str())
+            .and_then(|p| p["password_date"].as_str().map(str::to_owned))
+    };
+
+    let passthrough = dir.join("passthrough.toml");
+    std::fs::write(&passthrough, "[passwords]\nenforce_jumpcloud_policy = false\nsocket = \"passthrough/none.sock\"\nspool_dir = \"passthrough/spool\"\nkey_file = \"passthrough/password.key\"\n").unwrap();
+    let hook =
+        crate::password_capture::HookGuard::install_routing(&sam, &agent.config, &passthrough)
+            .await;
+
+    // 1. A password that flows: AD → hook → socket → agent → JumpCloud.
+    let tag = &support::unique("")[..8];
+    let good = format!("Flow-Passw0rd-{tag}-long!");
+    crate::import_mode::set_password(&mut c.admin, &dn, &good)
+        .await
+        .expect("AD accepts a strong password");
+    wait_for(&emu, &agent, SYNC, "the password in JumpCloud", |s| {
+        password_date(s).is_some()
+    })
+    .await;
+    let set_once = password_date(&emu.state());
+
+    // 2. One JumpCloud refuses (too short for it): the agent reports the violation.
+    let short = format!("Sh0rt!{tag}");
+    crate::import_mode::set_password(&mut c.admin, &dn, &short)
+        .await
+        .expect("AD accepts it");
+    let started = std::time::Instant::now();
+    while !agent.log().contains("minLength") {
+        assert!(
+            started.elapsed() < SYNC,
+            "JumpCloud's refusal never reached the log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(hook);
+
+    // 3. The hook program itself refusing one (its one line), and as user nobody.
+    let refused = format!("weak{}", tag.to_lowercase());
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_forestsync"));
+    cmd.args(["capture-password", "--config"])
+        .arg(&agent.config)
+        .args(["--domain", "alpha"])
+        .env("SAMBA_CPS_ACCOUNT_NAME", &sam);
+    let refused_out = crate::password_capture::run_with_timeout(cmd, &refused).await;
+    assert_eq!(
+        refused_out.status.code(),
+        Some(1),
+        "{}",
+        output_text(&refused_out)
+    );
+
+    // Files: the password socket is 0600 and ours; nobody cannot connect to it.
+    let socket = dir.join("capture.sock");
+    let meta = std::fs::symlink_metadata(&socket).expect("the password socket exists");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o777, 0o600, "password socket mode");
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(
+        meta.uid(),
+        me,
+        "the password socket belongs to the agent's user"
+    );
+    let connect = tokio::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect(sys.argv[1])\nexcept PermissionError:\n print('EACCES'); sys.exit(3)\nprint('connected')",
+        ])
+        .arg(&socket)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        connect.status.code(),
+        Some(3),
+        "nobody must get EACCES on the password socket: {}",
+        output_text(&connect)
+    );
+    let as_nobody = format!("N0body-Passw0rd-{tag}-long!");
+    let nobody_out = hook_as_nobody(&agent.config, &sam, &as_nobody).await;
+    let nobody_text = output_text(&nobody_out);
+    assert!(
+        nobody_text.contains("NOT captured"),
+        "the hook run as nobody must not deliver: {nobody_text}"
+    );
+
+    // The socket opened to everyone by mistake (the hook itself refuses such a socket, so a raw
+    // client): the agent still refuses nobody by its credentials (SO_PEERCRED), before reading.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let by_peer = format!("P33r-Passw0rd-{tag}-long!");
+    let peer = tokio::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            "import socket,struct,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nbody=sys.argv[2].encode()\ns.settimeout(5)\ntry:\n s.sendall(struct.pack('>I',len(body))+body)\n a=s.recv(1)\nexcept (BrokenPipeError, ConnectionResetError):\n a=b''\nprint('answer', a.hex() or 'none')\nsys.exit(4 if a==b'' else 5)",
+        ])
+        .arg(&socket)
+        .arg(&by_peer)
+        .output()
+        .await
+        .unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let peer_text = output_text(&peer);
+    assert_eq!(
+        peer.status.code(),
+        Some(4),
+        "a foreign peer must be dropped without an answer: {peer_text}"
+    );
+    let started = std::time::Instant::now();
+    while !agent
+        .log()
+        .lines()
+        .any(|l| l.contains("foreign user refused") && l.contains("65534"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the refused peer was not logged:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        password_date(&emu.state()),
+        set_once,
+        "a password from nobody (or one JumpCloud refused) was set"
+    );
+
+    // Every output a user or a collector sees.
+    let config = agent.config.clone();
+    let status = forestsync(&["status", "--json"], &config).await;
+    let explain = forestsync(&["explain", &sam], &config).await;
+    let explain_json = forestsync(&["explain", &sam, "--json"], &config).await;
+    let check = forestsync(&["check"], &config).await;
+    let (code, metrics) = crate::telemetry::get(&format!("http://127.0.0.1:{ops}/metrics")).await;
+    assert_eq!(code, 200);
+    let started = std::time::Instant::now();
+    while received.all_bytes().is_empty() && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // one more export round after the errors
+    let log = agent.log();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "a log line that is not JSON: {line}"
+        );
+    }
+
+    // The agent down: the hook spools the next one, encrypted, below the state directory.
+    agent.kill();
+    let spooled = format!("Sp00led-Passw0rd-{tag}-long!");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_forestsync"));
+    cmd.args(["capture-password", "--config"])
+        .arg(&agent.config)
+        .args(["--domain", "alpha"])
+        .env("SAMBA_CPS_ACCOUNT_NAME", &sam);
+    let spool_out = crate::password_capture::run_with_timeout(cmd, &spooled).await;
+    assert!(
+        output_text(&spool_out).contains("queued encrypted"),
+        "{}",
+        output_text(&spool_out)
+    );
+
+    let state_dir = dir.join("state");
+    let seal_key = state_dir.join("seal.key");
+    let pw_key = state_dir.join("password.key");
+    let secrets = vec![
+        Needle::text("API key", API_KEY_IMPORT),
+        Needle::text("bind password", lab.alpha.bind_password.expose()),
+        Needle::text("lab admin password", lab.admin_password.expose()),
+        Needle::key_file("seal key", &seal_key),
+        Needle::key_file("password spool key", &pw_key),
+        Needle::password("password set in JumpCloud", &good),
+        Needle::password("password JumpCloud refused", &short),
+        Needle::password("password the hook refused", &refused),
+        Needle::password("password of the hook run as nobody", &as_nobody),
+        Needle::password("password sent by a foreign peer", &by_peer),
+        Needle::password("password spooled while the agent was down", &spooled),
+    ];
+    let mut places: Vec<(String, Vec<u8>)> = vec![
+        ("agent log (JSON)".into(), log.into_bytes()),
+        ("OTLP export bodies".into(), received.all_bytes()),
+        ("/metrics".into(), metrics.into_bytes()),
+        ("status --json".into(), status),
+        ("explain".into(), explain),
+        ("explain --json".into(), explain_json),
+        ("check".into(), check),
+        (
+            "hook refusing".into(),
+            output_text(&refused_out).into_bytes(),
+        ),
+        ("hook as nobody".into(), nobody_text.into_bytes()),
+        ("raw client as foreign peer".into(), peer_text.into_bytes()),
+        ("hook spooling".into(), output_text(&spool_out).into_bytes()),
+        (
+            "config file (sealed at start)".into(),
+            std::fs::read(&config).unwrap(),
+        ),
+    ];
+    let files: Vec<PathBuf> = walk(&state_dir)
+        .into_iter()
+        .filter(|p| std::fs::symlink_metadata(p).unwrap().is_file())
+        .collect();
+    assert!(
+        files.iter().any(|f| f.ends_with("seal.key"))
+            && files.iter().any(|f| f.ends_with("password.key"))
+            && files
+                .iter()
+                .any(|f| f.extension().is_some_and(|e| e == "redb"))
+            && files
+                .iter()
+                .any(|f| f.starts_with(state_dir.join("password-spool"))),
+        "the keys and the store are among the files grepped: {files:?}"
+    );
+    for f in &files {
+        places.push((f.display().to_string(), std::fs::read(f).unwrap()));
+    }
+    let mut hits = Vec::new();
+    let mut checks = 0;
+    for (place, bytes) in &places {
+        for s in &secrets {
+            if s.home
+                .as_deref()
+                .is_some_and(|h| place == &h.display().to_string())
+            {
+                continue;
+            }
+            checks += 1;
+            if s.forms.iter().any(|f| contains(bytes, f)) {
+                hits.push(format!("{} in {place}", s.what));
+            }
+        }
+    }
+    eprintln!("state files: {files:?}");
+    eprintln!(
+        "grepped {} secrets ({} byte forms) in {} places ({} state files): {checks} checks",
+        secrets.len(),
+        secrets.iter().map(|s| s.forms.len()).sum::<usize>(),
+        places.len(),
+        files.len()
+    );
+    assert!(hits.is_empty(), "secrets leaked: {hits:#?}");
+    assert!(
+        String::from_utf8_lossy(&std::fs::read(&config).unwrap()).contains("fs1:"),
+        "run sealed the config's secrets"
+    );
+
+    // Modes: every file below the state directory 0600, every directory 0700 (the seal key is one
+    // of them), the state directory itself too.
+    let mut loose = Vec::new();
+    for p in std::iter::once(state_dir.clone()).chain(walk(&state_dir)) {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let mode = m.mode() & 0o7777;
+        let want = if m.is_dir() { 0o700 } else { 0o600 };
+        if mode != want || m.uid() != me {
+            loose.push(format!("{} {mode:o} uid {}", p.display(), m.uid()));
+        }
+    }
+    assert!(loose.is_empty(), "not private: {loose:#?}");
+
+    drop(agent);
+    emu.shutdown().await;
+    c.cleanup().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
