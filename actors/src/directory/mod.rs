@@ -11,6 +11,7 @@ pub mod entry;
 mod error;
 pub mod failover;
 pub mod read;
+pub mod rights;
 
 use std::collections::HashSet;
 use std::sync::Arc;
