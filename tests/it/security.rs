@@ -686,3 +686,347 @@ async fn no_secret_reaches_logs_exports_files_or_output_and_private_files_stay_p
     c.cleanup().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The lab's service account holds no administrative group: the rights it has are the delegated
+/// ones `check` lists (see deploy/lab/labctl.py: domain_root_aces, managed_ou_aces, Deleted Objects).
+async fn assert_not_admin(admin: &mut forestsync_actors::directory::DcSession, dn: &str) {
+    let entry = admin
+        .read_entry(dn, &["memberOf", "primaryGroupID", "adminCount"])
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{dn} not found"));
+    let member_of = entry.attrs.get("memberOf").cloned().unwrap_or_default();
+    for admin_group in [
+        "CN=Domain Admins,",
+        "CN=Enterprise Admins,",
+        "CN=Schema Admins,",
+        "CN=Administrators,",
+        "CN=Account Operators,",
+        "CN=Backup Operators,",
+    ] {
+        assert!(
+            !member_of.iter().any(|g| g.starts_with(admin_group)),
+            "{dn} is in {admin_group}: {member_of:?}"
+        );
+    }
+    assert_eq!(
+        entry
+            .attrs
+            .get("primaryGroupID")
+            .and_then(|v| v.first())
+            .map(String::as_str),
+        Some("513"),
+        "{dn}'s primary group is Domain Users"
+    );
+    assert!(
+        !entry.attrs.contains_key("adminCount"),
+        "{dn} is a protected (adminCount) account"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_each_right_an_ordinary_account_lacks_with_the_grant() {
+    let Some(lab) = support::lab() else { return };
+    let dc = lab.alpha.dc_urls[0].clone();
+    let mut admin = support::admin_session(lab, &lab.alpha, &dc).await;
+    assert_not_admin(&mut admin, &lab.alpha.bind_dn).await;
+
+    // A fresh, ordinary user: Domain Users, no delegated right.
+    let name = support::unique("secnp");
+    let dn = format!("CN={name},CN=Users,{}", lab.alpha.base_dn);
+    let password = format!("Np7-{}-Zq!", support::unique(""));
+    admin
+        .add(
+            &dn,
+            vec![
+                support::attr(
+                    "objectClass",
+                    &["top", "person", "organizationalPerson", "user"],
+                ),
+                support::attr("sAMAccountName", &[&name]),
+                support::attr("userAccountControl", &["512"]),
+                (
+                    b"unicodePwd".to_vec(),
+                    [crate::password_capture::unicode_pwd(&password)].into(),
+                ),
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create {dn}: {e}"));
+    let target_ou = format!("OU=ForestSync,{}", lab.alpha.base_dn);
+    let run = |bind_dn: String, bind_password: String| {
+        let target_ou = target_ou.clone();
+        async move {
+            let (emu, emu_ca) = emulator().await;
+            let config = emu_ca.with_file_name("forestsync.toml");
+            let text = format!(
+                "mode = \"two-way\"\n[jumpcloud]\nbase_url = \"{url}\"\napi_key = \"{API_KEY}\"\nca_file = \"{jc_ca}\"\n\n\
+                 [[domain]]\nname = \"alpha\"\ndcs = [\"{dc}\"]\nca_file = \"{ca}\"\nbind_dn = \"{bind_dn}\"\nbind_password = \"{bind_password}\"\n\
+                 base_dn = \"{base}\"\nroot_group_dn = \"{root}\"\nad_instance_id = \"0123456789abcdef01234567\"\ntarget_ou = \"{target_ou}\"\n",
+                url = emu.base_url(),
+                jc_ca = emu_ca.display(),
+                dc = lab.alpha.dc_urls[0],
+                ca = lab.ca_file.display(),
+                base = lab.alpha.base_dn,
+                root = lab.alpha.root_group_dn,
+            );
+            std::fs::write(&config, text).unwrap();
+            let out = tokio::task::spawn_blocking(move || run_check(&config))
+                .await
+                .unwrap();
+            emu.shutdown().await;
+            out
+        }
+    };
+    let (ok, out) = run(dn.clone(), password.clone()).await;
+    eprintln!("{out}");
+    let _ = admin.delete(&dn).await;
+    assert!(!ok, "check must fail for an account without rights:\n{out}");
+    let base = lab.alpha.base_dn.as_str();
+    // DirSync: Replicating Directory Changes on the domain head, with the grant for Windows and Samba.
+    assert_fail_line(
+        &out,
+        &[
+            "change tracking",
+            "Replicating Directory Changes",
+            "1131f6aa-9c07-11d1-f79f-00c04fc2dcd2",
+            base,
+            "dsacls",
+            "samba-tool dsacl set",
+        ],
+    );
+    // Tombstones: read on CN=Deleted Objects.
+    assert_fail_line(
+        &out,
+        &[
+            "deletions visible",
+            "CN=Deleted Objects",
+            "LCRP",
+            "(A;;LCRPRC;;;S-1-5-21-",
+        ],
+    );
+    // Writes into the target OU (two-way writes JumpCloud's objects there).
+    for (right, grant) in [
+        ("create users", "CC"),
+        ("create groups", "CC"),
+        ("delete users", "DC"),
+        ("delete groups", "DC"),
+        ("write user properties", "WP"),
+        ("write group properties", "WP"),
+        (
+            "reset user passwords",
+            "00299570-246d-11d0-a768-00aa006e0529",
+        ),
+    ] {
+        assert_fail_line(
+            &out,
+            &[
+                right,
+                &target_ou,
+                "fix:",
+                "dsacls",
+                "samba-tool dsacl set",
+                grant,
+            ],
+        );
+    }
+    assert!(!out.contains(&password), "check printed the bind password");
+
+    // The lab's service account has each of them.
+    let (_, out) = run(
+        lab.alpha.bind_dn.clone(),
+        lab.alpha.bind_password.expose().to_owned(),
+    )
+    .await;
+    for item in [
+        "change tracking",
+        "deletions visible",
+        "create users",
+        "create groups",
+        "delete users",
+        "delete groups",
+        "write user properties",
+        "write group properties",
+        "reset user passwords",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with("ok") && l.contains(item)),
+            "the service account should pass {item}:\n{out}"
+        );
+    }
+}
+
+/// Autoref probe: `Probe::<T>::display()` is true when `T: Display` (the inherent method wins),
+/// false otherwise (the trait method).
+struct Probe<T>(std::marker::PhantomData<T>);
+trait NoDisplay {
+    fn display(&self) -> bool {
+        false
+    }
+}
+impl<T> NoDisplay for Probe<T> {}
+impl<T: std::fmt::Display> Probe<T> {
+    #[allow(dead_code)]
+    fn display(&self) -> bool {
+        true
+    }
+}
+macro_rules! has_display {
+    ($t:ty) => {
+        Probe::<$t>(std::marker::PhantomData).display()
+    };
+}
+
+/// Every type that carries a secret prints it redacted in `Debug`, and none but `Secret` (which
+/// redacts) has a `Display`.
+#[test]
+fn secret_carrying_types_print_redacted() {
+    use forestsync::config::{Config, HookConfig};
+    use forestsync::register::RegisterArgs;
+    use forestsync_actors::channel::{AgentCredentials, PayloadKey};
+    use forestsync_actors::cloud::CloudEndpoint;
+    use forestsync_actors::dc::{AttrChange, DirRequest};
+    use forestsync_actors::password::spool::CaptureKey;
+    use forestsync_actors::password::CapturedPassword;
+    use forestsync_actors::sealed::SealKey;
+    use forestsync_actors::secret::Secret;
+
+    const API: &str = "api-key-Zx81QpLm";
+    const BIND: &str = "bind-Pw-7Hq2Vr";
+    const CAPTURED: &str = "Captured-Pw-4Kd9";
+    const AGENT: &str = "agent-secret-R3vT";
+    const CONNECT: &str = "connect-key-9Wm2";
+    let key_bytes = [0xa7u8; 32];
+    let key_hex: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let shows_secret = |text: &str| {
+        [API, BIND, CAPTURED, AGENT, CONNECT, key_hex.as_str()]
+            .iter()
+            .find(|s| text.contains(*s))
+            .map(|s| s.to_string())
+            .or_else(|| {
+                text.contains("167, 167, 167")
+                    .then(|| "key bytes".to_string())
+            })
+    };
+
+    // The config, loaded with plaintext secrets (what `check` and `run` hold).
+    let dir = scratch_dir();
+    let config_path = dir.join("forestsync.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "mode = \"ad-authoritative\"\nstate_dir = \"state\"\n[jumpcloud]\napi_key = \"{API}\"\n\
+             [[domain]]\nname = \"alpha\"\ndcs = [\"ldaps://127.0.0.2\"]\nbind_dn = \"CN=svc,DC=alpha,DC=test\"\n\
+             bind_password = \"{BIND}\"\nbase_dn = \"DC=alpha,DC=test\"\nroot_group_dn = \"CN=JumpCloud,OU=ADI,DC=alpha,DC=test\"\n"
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&config_path).expect("the config loads");
+    assert_eq!(config.jumpcloud.api_key.expose(), API);
+    assert_eq!(config.domains[0].bind_password.expose(), BIND);
+    let hook = HookConfig::load(&config_path).expect("the hook's view loads");
+
+    let secret = Secret::new(CAPTURED);
+    let captured = CapturedPassword {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        domain: "alpha".into(),
+        account: "jdoe".into(),
+        upn: None,
+        captured_at: std::time::SystemTime::now(),
+        password: Secret::new(CAPTURED),
+    };
+    let endpoint = CloudEndpoint {
+        base_url: "https://console.jumpcloud.com".into(),
+        api_key: Secret::new(API),
+        org_id: None,
+        timeout: std::time::Duration::from_secs(1),
+    };
+    let credentials = AgentCredentials {
+        agent_id: "a1".into(),
+        activedirectory_id: "ad1".into(),
+        domain: "alpha.test".into(),
+        agent_secret: Secret::new(AGENT),
+        payload_key: PayloadKey::from_bytes(key_bytes),
+    };
+    let set_password = DirRequest::SetPassword {
+        dn: "CN=jdoe,OU=ForestSync,DC=alpha,DC=test".into(),
+        password: Secret::new(CAPTURED),
+        enforce_history: true,
+        also: vec![],
+    };
+    let unicode_pwd = crate::password_capture::unicode_pwd(CAPTURED);
+    let modify = DirRequest::Modify {
+        dn: "CN=jdoe,OU=ForestSync,DC=alpha,DC=test".into(),
+        mods: vec![AttrChange::Replace(
+            "unicodePwd".into(),
+            vec![unicode_pwd.clone()],
+        )],
+    };
+    let add = DirRequest::Add {
+        dn: "CN=jdoe,OU=ForestSync,DC=alpha,DC=test".into(),
+        attrs: vec![("unicodePwd".into(), vec![unicode_pwd])],
+    };
+    let register = {
+        use clap::FromArgMatches;
+        let cmd = <RegisterArgs as clap::Args>::augment_args(clap::Command::new("register"));
+        let m = cmd
+            .try_get_matches_from(["register", "--domain", "alpha", "--connect-key", CONNECT])
+            .unwrap();
+        RegisterArgs::from_arg_matches(&m).unwrap()
+    };
+    assert_eq!(register.connect_key.as_deref(), Some(CONNECT));
+
+    let debug: Vec<(&str, String)> = vec![
+        ("Secret", format!("{secret:?} {secret:#?}")),
+        ("Config", format!("{config:?} {config:#?}")),
+        ("HookConfig", format!("{hook:?}")),
+        ("CapturedPassword", format!("{captured:?}")),
+        ("CloudEndpoint", format!("{endpoint:?}")),
+        ("AgentCredentials", format!("{credentials:?}")),
+        ("PayloadKey", format!("{:?}", credentials.payload_key)),
+        ("SealKey", format!("{:?}", SealKey::from_bytes(key_bytes))),
+        (
+            "CaptureKey",
+            format!("{:?}", CaptureKey::ephemeral().unwrap()),
+        ),
+        ("DirRequest::SetPassword", format!("{set_password:?}")),
+        ("DirRequest::Modify(unicodePwd)", format!("{modify:?}")),
+        ("DirRequest::Add(unicodePwd)", format!("{add:?}")),
+        ("RegisterArgs", format!("{register:?}")),
+    ];
+    let leaks: Vec<String> = debug
+        .iter()
+        .filter_map(|(what, text)| {
+            shows_secret(text).map(|s| format!("{what} Debug shows {s}: {text}"))
+        })
+        .collect();
+    assert!(leaks.is_empty(), "{leaks:#?}");
+    // The unicodePwd value as the LDAP layer would carry it must not show up as bytes either.
+    for (what, text) in &debug {
+        assert!(
+            !text.contains(&format!(
+                "{:?}",
+                crate::password_capture::unicode_pwd(CAPTURED)
+            )),
+            "{what}: {text}"
+        );
+    }
+
+    assert_eq!(format!("{secret}"), "<redacted>");
+    let display = [
+        ("Config", has_display!(Config)),
+        ("HookConfig", has_display!(HookConfig)),
+        ("CapturedPassword", has_display!(CapturedPassword)),
+        ("CloudEndpoint", has_display!(CloudEndpoint)),
+        ("AgentCredentials", has_display!(AgentCredentials)),
+        ("PayloadKey", has_display!(PayloadKey)),
+        ("SealKey", has_display!(SealKey)),
+        ("CaptureKey", has_display!(CaptureKey)),
+        ("DirRequest", has_display!(DirRequest)),
+        ("RegisterArgs", has_display!(RegisterArgs)),
+    ];
+    assert!(has_display!(Secret), "the probe sees Display");
+    let with_display: Vec<_> = display.iter().filter(|(_, d)| *d).collect();
+    assert!(with_display.is_empty(), "{with_display:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
