@@ -1030,3 +1030,165 @@ fn secret_carrying_types_print_redacted() {
     assert!(with_display.is_empty(), "{with_display:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// jumpcloud-authoritative: the connect key, the agent credentials it yields, and a password from
+/// JumpCloud (set in AD, then one AD refuses) never appear in the register/check/status output,
+/// the JSON log, the sealed config or any state file; the state files (sealed credentials included)
+/// are private.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_connect_key_and_jumpcloud_passwords_never_leak() {
+    use crate::import_mode::{self, Agent};
+    use crate::sync_mode::{self, JcAdmin, TargetOu};
+    use std::os::unix::fs::MetadataExt;
+
+    let Some(lab) = support::lab() else { return };
+    let emu = import_mode::emulator(jcemu::Config {
+        // Lax: passwords AD's complexity refuses get through JumpCloud.
+        password_policy: jcemu::PasswordPolicy {
+            min_length: 8,
+            require_lowercase: false,
+            require_uppercase: false,
+            require_number: false,
+            require_special: false,
+            disallow_username: false,
+            history: 0,
+        },
+        ..Default::default()
+    })
+    .await;
+    let jc = JcAdmin::new(&emu);
+    let ad = jc.ad_instance(&lab.alpha.base_dn).await;
+    let mut ou = TargetOu::new(lab, &lab.alpha, "sec-jc").await;
+    let dir = import_mode::scratch("sec-jc");
+    let text = sync_mode::sync_config(lab, &emu, &dir, &lab.alpha, &ad, &ou.dn, "");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("forestsync.toml");
+    std::fs::write(&config, &text).unwrap();
+
+    // Register the recommended way: the key in the environment, not on the command line.
+    let connect_key = jc.connect_key(&ad).await;
+    let register = tokio::process::Command::new(env!("CARGO_BIN_EXE_forestsync"))
+        .args(["register", "--domain", "alpha", "--config"])
+        .arg(&config)
+        .env("FORESTSYNC_CONNECT_KEY", &connect_key)
+        .output()
+        .await
+        .unwrap();
+    assert!(register.status.success(), "{}", output_text(&register));
+
+    let name = format!("{}p", sync_mode::short_tag("s"));
+    let uid = jc.user(&name, serde_json::json!({})).await;
+    jc.bind(&ad, "user", &uid, "add").await;
+    let mut agent = Agent::start_json(dir.clone(), &text);
+    sync_mode::wait_enabled(&mut ou, &agent, &name, true, "user created").await;
+    sync_mode::wait_caught_up(&emu, &agent, &ad).await;
+    let good = format!("Tr4in-{}-Station", &support::unique("")[..6]);
+    jc.set_password(&uid, &good).await;
+    sync_mode::wait_status(&jc, &agent, &ad, &uid, 200, "").await;
+    sync_mode::try_bind(lab, &format!("CN={name},{}", ou.dn), &good)
+        .await
+        .expect("the password from JumpCloud works in AD");
+    // JumpCloud takes it, AD's complexity refuses it (two character classes).
+    let refused = format!("abcdefgh{}", &support::unique("")[..4]).to_lowercase();
+    jc.set_password(&uid, &refused).await;
+    sync_mode::wait_status(&jc, &agent, &ad, &uid, 422, "").await;
+
+    let status = forestsync(&["status", "--json"], &config).await;
+    let check = forestsync(&["check"], &config).await;
+    let explain = forestsync(&["explain", &name], &config).await;
+    let log = agent.log();
+    agent.kill();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "a log line that is not JSON: {line}"
+        );
+    }
+
+    let state_dir = dir.join("state");
+    let issued = emu.channel_credentials();
+    assert_eq!(issued.len(), 1, "one agent registered");
+    let (agent_secret, payload_key) = issued[0].clone();
+    let payload_hex: String = payload_key.iter().map(|b| format!("{b:02x}")).collect();
+    let secrets = vec![
+        Needle::text("agent secret", &agent_secret),
+        Needle {
+            what: "payload key".into(),
+            forms: vec![
+                payload_key.to_vec(),
+                payload_hex.clone().into_bytes(),
+                payload_hex.to_uppercase().into_bytes(),
+            ],
+            home: None,
+        },
+        Needle::text("connect key", &connect_key),
+        Needle::text("API key", API_KEY_IMPORT),
+        Needle::text("bind password", lab.alpha.bind_password.expose()),
+        Needle::key_file("seal key", &state_dir.join("seal.key")),
+        Needle::password("password from JumpCloud", &good),
+        Needle::password("password AD refused", &refused),
+    ];
+    let mut places: Vec<(String, Vec<u8>)> = vec![
+        (
+            "register output".into(),
+            output_text(&register).into_bytes(),
+        ),
+        ("agent log (JSON)".into(), log.into_bytes()),
+        ("status --json".into(), status),
+        ("check".into(), check),
+        ("explain".into(), explain),
+        (
+            "config file (sealed)".into(),
+            std::fs::read(&config).unwrap(),
+        ),
+    ];
+    let files: Vec<PathBuf> = walk(&state_dir)
+        .into_iter()
+        .filter(|p| std::fs::symlink_metadata(p).unwrap().is_file())
+        .collect();
+    assert!(
+        files.len() >= 3,
+        "seal key, sealed credentials and store expected: {files:?}"
+    );
+    for f in &files {
+        places.push((f.display().to_string(), std::fs::read(f).unwrap()));
+    }
+    let mut hits = Vec::new();
+    let mut checks = 0;
+    for (place, bytes) in &places {
+        for s in &secrets {
+            if s.home
+                .as_deref()
+                .is_some_and(|h| place == &h.display().to_string())
+            {
+                continue;
+            }
+            checks += 1;
+            if s.forms.iter().any(|f| contains(bytes, f)) {
+                hits.push(format!("{} in {place}", s.what));
+            }
+        }
+    }
+    eprintln!(
+        "jumpcloud-authoritative: {} secrets in {} places ({files:?}): {checks} checks",
+        secrets.len(),
+        places.len()
+    );
+    assert!(hits.is_empty(), "secrets leaked: {hits:#?}");
+
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let mut loose = Vec::new();
+    for p in std::iter::once(state_dir.clone()).chain(walk(&state_dir)) {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let mode = m.mode() & 0o7777;
+        let want = if m.is_dir() { 0o700 } else { 0o600 };
+        if mode != want || m.uid() != me {
+            loose.push(format!("{} {mode:o} uid {}", p.display(), m.uid()));
+        }
+    }
+    assert!(loose.is_empty(), "not private: {loose:#?}");
+    emu.shutdown().await;
+    ou.cleanup().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
