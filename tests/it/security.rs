@@ -730,6 +730,8 @@ async fn check_names_each_right_an_ordinary_account_lacks_with_the_grant() {
     let dc = lab.alpha.dc_urls[0].clone();
     let mut admin = support::admin_session(lab, &lab.alpha, &dc).await;
     assert_not_admin(&mut admin, &lab.alpha.bind_dn).await;
+    let mut beta = support::admin_session(lab, &lab.beta, &lab.beta.dc_urls[0]).await;
+    assert_not_admin(&mut beta, &lab.beta.bind_dn).await;
 
     // A fresh, ordinary user: Domain Users, no delegated right.
     let name = support::unique("secnp");

@@ -397,6 +397,75 @@ mod tests {
     }
 
     #[test]
+    fn connect_failures_say_which_tls_problem_and_its_fix() {
+        use ldap3::result::LdapResult;
+        let refused = DirectoryError::from_connect(
+            "ldap://dc",
+            "dc",
+            true,
+            LdapError::LdapResult {
+                result: LdapResult {
+                    rc: 52,
+                    matched: String::new(),
+                    text: "no TLS\0".into(),
+                    refs: vec![],
+                    ctrls: vec![],
+                },
+            },
+        );
+        assert!(matches!(
+            refused,
+            DirectoryError::StartTls { refused: true, .. }
+        ));
+        assert_eq!(refused.disposition(), Disposition::Fatal);
+        let text = refused.to_string();
+        assert!(
+            text.contains("StartTLS is required")
+                && text.contains("unavailable")
+                && text.contains("nothing was sent in clear")
+                && text.contains("fix:"),
+            "{text}"
+        );
+        let dropped = DirectoryError::from_connect("ldap://dc", "dc", true, LdapError::EndOfStream);
+        assert!(matches!(
+            dropped,
+            DirectoryError::StartTls { refused: false, .. }
+        ));
+        assert_eq!(dropped.disposition(), Disposition::FailOver);
+        // Over LDAPS an end of stream is not a StartTLS problem.
+        assert!(!matches!(
+            DirectoryError::from_connect("ldaps://dc", "dc", false, LdapError::EndOfStream),
+            DirectoryError::StartTls { .. }
+        ));
+
+        let name = DirectoryError::from_connect(
+            "ldaps://10.0.0.1",
+            "10.0.0.1",
+            false,
+            LdapError::Rustls {
+                source: rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                ),
+            },
+        );
+        assert!(matches!(name, DirectoryError::TlsName { .. }), "{name}");
+        assert!(
+            name.to_string().contains("\"10.0.0.1\"")
+                && name.to_string().contains("subjectAltName")
+        );
+        let issuer = DirectoryError::from_connect(
+            "ldaps://dc",
+            "dc",
+            false,
+            LdapError::Rustls {
+                source: rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            },
+        );
+        assert!(matches!(issuer, DirectoryError::Tls { .. }), "{issuer}");
+        assert!(issuer.to_string().contains("set ca_file"));
+    }
+
+    #[test]
     fn result_codes_are_classified() {
         let busy = DirectoryError::from_result("u", "search", "b", 51, "");
         assert_eq!(busy.disposition(), Disposition::FailOver);
