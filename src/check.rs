@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use forestsync_actors::cloud::{CloudClient, CloudEndpoint};
+use forestsync_actors::directory::rights::{self, Token};
 use forestsync_actors::directory::{self, DcEndpoint, DcSession, Timeouts};
 use forestsync_actors::trust;
 
@@ -164,6 +165,8 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
             "bind",
             Verdict::Ok(format!("as {}", domain.bind_dn)),
         );
+        // The account's SIDs, for naming missing rights and the grants that fix them.
+        let token = session.token(&domain.bind_dn).await.ok();
 
         match session.root_dse().await {
             Ok(dse) => {
@@ -205,6 +208,12 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
                     "change tracking",
                     Verdict::Ok("DirSync allowed (Replicating Directory Changes)".into()),
                 ),
+                Err(e) if e.result_code() == Some(50) => report.push(
+                    name,
+                    url,
+                    "change tracking",
+                    Verdict::Fail(missing_replication_right(domain, url, token.as_ref(), &e)),
+                ),
                 Err(e) => report.push(name, url, "change tracking", Verdict::Fail(e.to_string())),
             }
 
@@ -215,8 +224,12 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
                     url,
                     "deletions visible",
                     Verdict::Fail(format!(
-                        "{} cannot read CN=Deleted Objects, so deletions would be missed; fix: dsacls \"CN=Deleted Objects,{}\" /takeownership, then /G <DOMAIN>\\<service account>:LCRP /I:T (inherited, so tombstones replicated from other DCs are readable too)",
-                        domain.bind_dn, domain.base_dn
+                        "{} cannot read CN=Deleted Objects (List Contents, Read Property), so deletions would be missed; fix: on Windows `dsacls \"CN=Deleted Objects,{}\" /takeownership`, then `dsacls \"CN=Deleted Objects,{}\" /G \"{}:LCRP\" /I:T` (inherited, so tombstones replicated from other DCs are readable too); on Samba (where not even Administrator may change that container over LDAP) add the inheritable ACE (A;CI;LCRPRC;;;{}) to it in each DC's sam.ldb as root, with the show_deleted control (deploy/lab/labctl.py grant-deleted-objects does this)",
+                        domain.bind_dn,
+                        domain.base_dn,
+                        domain.base_dn,
+                        token.as_ref().map(Token::trustee).unwrap_or_else(|| "<DOMAIN>\\<service account>".into()),
+                        token.as_ref().map(|t| t.sid.as_str()).unwrap_or("<service account SID>"),
                     )),
                 ),
                 Err(e) => report.push(name, url, "deletions visible", Verdict::Fail(e.to_string())),
@@ -255,6 +268,7 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
                     });
                     if is_container {
                         report.push(name, url, "target OU", Verdict::Ok(format!("{} found", t.target_ou)));
+                        check_target_ou_rights(&mut session, domain, &t.target_ou, url, token.as_ref(), report).await;
                     } else {
                         report.push(name, url, "target OU", Verdict::Fail(format!("{} exists but is not an OU or container", t.target_ou)));
                     }
@@ -272,6 +286,188 @@ async fn check_domain(domain: &DomainConfig, report: &mut Report) {
             }
         }
         session.unbind().await;
+    }
+}
+
+/// The grant commands for one right: dsacls (Windows) and samba-tool (Samba).
+fn grant_fix(object: &str, dsacls: &str, sddl: &str, token: Option<&Token>, url: &str) -> String {
+    let (trustee, sid) = match token {
+        Some(t) => (t.trustee(), t.sid.clone()),
+        None => (
+            "<DOMAIN>\\<service account>".to_owned(),
+            "<service account SID>".to_owned(),
+        ),
+    };
+    let dsacls = dsacls.replace("{trustee}", &trustee);
+    let sddl = sddl.replace("{sid}", &sid);
+    // samba-tool signs and seals its own LDAP session; over ldaps:// Samba 4.17 refuses that.
+    let host = DcEndpoint::parse(url)
+        .map(|e| e.host)
+        .unwrap_or_else(|_| "<dc>".into());
+    format!(
+        "fix: on Windows `dsacls \"{object}\" {dsacls}`; on Samba `samba-tool dsacl set -H ldap://{host} -U Administrator --objectdn=\"{object}\" --sddl=\"{sddl}\"`"
+    )
+}
+
+fn missing_replication_right(
+    domain: &DomainConfig,
+    url: &str,
+    token: Option<&Token>,
+    e: &forestsync_actors::directory::DirectoryError,
+) -> String {
+    format!(
+        "{} lacks \"Replicating Directory Changes\" (extended right {}) on the domain head {}, so DirSync is refused ({}); {}",
+        domain.bind_dn,
+        rights::GUID_REPL_GET_CHANGES,
+        domain.base_dn,
+        e.ad_reason().unwrap_or("insufficientAccessRights"),
+        grant_fix(
+            &domain.base_dn,
+            "/G \"{trustee}:CA;Replicating Directory Changes\"",
+            &format!("(OA;;CR;{};;{{sid}})", rights::GUID_REPL_GET_CHANGES),
+            token,
+            url,
+        )
+    )
+}
+
+/// One right `check` looks for in the target OU, and the grants that give it.
+struct NeededRight<'a> {
+    item: &'static str,
+    on: rights::On<'a>,
+    right: u32,
+    object_type: Option<&'a str>,
+    what: &'static str,
+    sddl: String,
+    dsacls: &'static str,
+}
+
+/// One line per right forestsync needs in the target OU (JumpCloud → AD writes), read from the OU's
+/// DACL for the bound account's token: create and delete users and groups there, write their
+/// properties, reset users' passwords.
+async fn check_target_ou_rights(
+    session: &mut DcSession,
+    domain: &DomainConfig,
+    ou: &str,
+    url: &str,
+    token: Option<&Token>,
+    report: &mut Report,
+) {
+    let name = domain.name.as_str();
+    let Some(token) = token else {
+        report.push(
+            name,
+            url,
+            "target OU rights",
+            Verdict::Fail(format!(
+                "cannot read the objectSid of {}, so the rights in {ou} cannot be checked; fix: check bind_dn",
+                domain.bind_dn
+            )),
+        );
+        return;
+    };
+    let dacl = match session.dacl(ou).await {
+        Ok(d) => d,
+        Err(e) => {
+            report.push(name, url, "target OU rights", Verdict::Fail(e.to_string()));
+            return;
+        }
+    };
+    use rights::{On, CONTROL_ACCESS, CREATE_CHILD, DELETE_CHILD, WRITE_PROPERTY};
+    use rights::{GUID_CLASS_GROUP as GROUP, GUID_CLASS_USER as USER};
+    let needed = [
+        NeededRight {
+            item: "create users",
+            on: On::ThisObject,
+            right: CREATE_CHILD,
+            object_type: Some(USER),
+            what: "Create Child (user objects)",
+            sddl: format!("(OA;CI;CC;{USER};;{{sid}})"),
+            dsacls: "/I:T /G \"{trustee}:CC;user\"",
+        },
+        NeededRight {
+            item: "delete users",
+            on: On::ThisObject,
+            right: DELETE_CHILD,
+            object_type: Some(USER),
+            what: "Delete Child (user objects)",
+            sddl: format!("(OA;CI;DC;{USER};;{{sid}})"),
+            dsacls: "/I:T /G \"{trustee}:DC;user\"",
+        },
+        NeededRight {
+            item: "create groups",
+            on: On::ThisObject,
+            right: CREATE_CHILD,
+            object_type: Some(GROUP),
+            what: "Create Child (group objects)",
+            sddl: format!("(OA;CI;CC;{GROUP};;{{sid}})"),
+            dsacls: "/I:T /G \"{trustee}:CC;group\"",
+        },
+        NeededRight {
+            item: "delete groups",
+            on: On::ThisObject,
+            right: DELETE_CHILD,
+            object_type: Some(GROUP),
+            what: "Delete Child (group objects)",
+            sddl: format!("(OA;CI;DC;{GROUP};;{{sid}})"),
+            dsacls: "/I:T /G \"{trustee}:DC;group\"",
+        },
+        NeededRight {
+            item: "write user properties",
+            on: On::NewChild(USER),
+            right: WRITE_PROPERTY,
+            object_type: None,
+            what: "Write all properties, inherited by user objects",
+            sddl: format!("(OA;CIIO;WP;;{USER};{{sid}})"),
+            dsacls: "/I:S /G \"{trustee}:WP;;user\"",
+        },
+        NeededRight {
+            item: "write group properties",
+            on: On::NewChild(GROUP),
+            right: WRITE_PROPERTY,
+            object_type: None,
+            what: "Write all properties, inherited by group objects",
+            sddl: format!("(OA;CIIO;WP;;{GROUP};{{sid}})"),
+            dsacls: "/I:S /G \"{trustee}:WP;;group\"",
+        },
+        NeededRight {
+            item: "reset user passwords",
+            on: On::NewChild(USER),
+            right: CONTROL_ACCESS,
+            object_type: Some(rights::GUID_RESET_PASSWORD),
+            what: "the Reset Password extended right, inherited by user objects",
+            sddl: format!(
+                "(OA;CIIO;CR;{};{USER};{{sid}})",
+                rights::GUID_RESET_PASSWORD
+            ),
+            dsacls: "/I:S /G \"{trustee}:CA;Reset Password;user\"",
+        },
+    ];
+    for NeededRight {
+        item,
+        on,
+        right,
+        object_type,
+        what,
+        sddl,
+        dsacls,
+    } in needed
+    {
+        let verdict = if rights::granted(&dacl, token, on, right, object_type) {
+            Verdict::Ok(format!("{what} granted on {ou}"))
+        } else {
+            Verdict::Fail(format!(
+                "{} may not {item} in {ou}: no ACE grants it {what}{}; {}",
+                domain.bind_dn,
+                if token.groups_known {
+                    ""
+                } else {
+                    " (its groups could not be read; only its own SID and Domain Users were checked)"
+                },
+                grant_fix(ou, dsacls, &sddl, Some(token), url)
+            ))
+        };
+        report.push(name, url, item, verdict);
     }
 }
 

@@ -22,7 +22,8 @@ use crate::config::Config;
 /// The environment variable that may hold the connect key.
 pub const CONNECT_KEY_ENV: &str = "FORESTSYNC_CONNECT_KEY";
 
-#[derive(clap::Args, Debug)]
+/// `Debug` is written by hand: the connect key is a credential and never printed.
+#[derive(clap::Args)]
 pub struct RegisterArgs {
     /// Path of the TOML configuration file.
     #[arg(long, short = 'c', default_value = "/etc/forestsync/forestsync.toml")]
@@ -41,6 +42,21 @@ pub struct RegisterArgs {
     /// in JumpCloud until removed there).
     #[arg(long)]
     pub force: bool,
+}
+
+impl std::fmt::Debug for RegisterArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterArgs")
+            .field("config", &self.config)
+            .field("domain", &self.domain)
+            .field(
+                "connect_key",
+                &self.connect_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("connect_key_file", &self.connect_key_file)
+            .field("force", &self.force)
+            .finish()
+    }
 }
 
 /// Runs the subcommand: one line on stdout on success, one error line on stderr and exit 1 otherwise

@@ -6,15 +6,15 @@ use std::process::Command;
 
 use crate::support::{self, unique, Lab, LabDomain};
 
-const API_KEY: &str = "check-test-key-0123456789";
+pub(crate) const API_KEY: &str = "check-test-key-0123456789";
 
-fn scratch_dir() -> PathBuf {
+pub(crate) fn scratch_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(unique("forestsync-check-"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn domain_section(
+pub(crate) fn domain_section(
     name: &str,
     d: &LabDomain,
     ca: &Path,
@@ -44,11 +44,11 @@ root_group_dn = "{root_group}"
     )
 }
 
-fn jumpcloud_section(base_url: &str, ca: &Path, key: &str) -> String {
+pub(crate) fn jumpcloud_section(base_url: &str, ca: &Path, key: &str) -> String {
     format!("mode = \"ad-authoritative\"\n[jumpcloud]\nbase_url = \"{base_url}\"\napi_key = \"{key}\"\nca_file = \"{}\"\n", ca.display())
 }
 
-fn run_check(config: &Path) -> (bool, String) {
+pub(crate) fn run_check(config: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_forestsync"))
         .args(["check", "--config"])
         .arg(config)
@@ -62,7 +62,7 @@ fn run_check(config: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
-async fn emulator() -> (jcemu::Emulator, PathBuf) {
+pub(crate) async fn emulator() -> (jcemu::Emulator, PathBuf) {
     let emu = jcemu::Emulator::start(jcemu::Config {
         api_keys: vec![API_KEY.into()],
         ..jcemu::Config::default()

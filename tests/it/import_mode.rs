@@ -151,6 +151,8 @@ pub struct Agent {
     pub config: PathBuf,
     /// Extra environment for every spawn (e.g. libfaketime's).
     pub env: Vec<(String, String)>,
+    /// `FORESTSYNC_LOG_FORMAT` for the agent's stderr (`agent.log`).
+    log_format: &'static str,
 }
 
 impl Agent {
@@ -185,11 +187,25 @@ impl Agent {
     }
 
     pub fn start(dir: PathBuf, config_text: &str) -> Agent {
-        Agent::start_with_env(dir, config_text, Vec::new())
+        Agent::start_with(dir, config_text, "text", Vec::new())
+    }
+
+    /// Like [`Agent::start`], with the log format the agent uses off a terminal in production.
+    pub fn start_json(dir: PathBuf, config_text: &str) -> Agent {
+        Agent::start_with(dir, config_text, "json", Vec::new())
     }
 
     /// As [`Agent::start`], with extra environment for every spawn.
     pub fn start_with_env(dir: PathBuf, config_text: &str, env: Vec<(String, String)>) -> Agent {
+        Agent::start_with(dir, config_text, "text", env)
+    }
+
+    fn start_with(
+        dir: PathBuf,
+        config_text: &str,
+        log_format: &'static str,
+        env: Vec<(String, String)>,
+    ) -> Agent {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("forestsync.toml");
         std::fs::write(&config, config_text).unwrap();
@@ -198,6 +214,7 @@ impl Agent {
             dir,
             config,
             env,
+            log_format,
         };
         agent.spawn();
         agent
@@ -213,7 +230,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("FORESTSYNC_LOG", "info,forestsync_actors=info")
-            .env("FORESTSYNC_LOG_FORMAT", "text")
+            .env("FORESTSYNC_LOG_FORMAT", self.log_format)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)

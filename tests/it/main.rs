@@ -20,6 +20,7 @@ mod lab_dcs;
 mod password_capture;
 mod register;
 mod seal;
+mod security;
 mod status_explain;
 mod support;
 mod sync_disruptive;

@@ -655,7 +655,7 @@ where
 }
 
 /// A name prefix that leaves room for a suffix within sAMAccountName's 20 characters.
-fn short_tag(prefix: &str) -> String {
+pub(crate) fn short_tag(prefix: &str) -> String {
     let t = unique(prefix);
     t[..t.len().min(14)].to_owned()
 }
@@ -705,7 +705,13 @@ async fn enabled(ou: &mut TargetOu, cn: &str) -> Option<bool> {
 }
 
 /// Waits until the user `cn` exists with the given enabled state.
-async fn wait_enabled(ou: &mut TargetOu, agent: &Agent, cn: &str, want: bool, what: &str) {
+pub(crate) async fn wait_enabled(
+    ou: &mut TargetOu,
+    agent: &Agent,
+    cn: &str,
+    want: bool,
+    what: &str,
+) {
     let cn = cn.to_owned();
     wait_ad(ou, agent, SYNC, what, move |ou| {
         let cn = cn.clone();
@@ -747,7 +753,7 @@ fn caught_up(emu: &jcemu::Emulator, ad: &str) -> bool {
         .any(|c| c["activedirectoryId"] == ad && c["acked"].as_u64() == Some(head))
 }
 
-async fn wait_caught_up(emu: &jcemu::Emulator, agent: &Agent, ad: &str) {
+pub(crate) async fn wait_caught_up(emu: &jcemu::Emulator, agent: &Agent, ad: &str) {
     eventually(
         agent,
         SYNC,
@@ -758,7 +764,7 @@ async fn wait_caught_up(emu: &jcemu::Emulator, agent: &Agent, ad: &str) {
 }
 
 /// Waits for `user`'s syncStatus with this HTTP-style code whose message contains `needle`.
-async fn wait_status(
+pub(crate) async fn wait_status(
     jc: &JcAdmin,
     agent: &Agent,
     ad: &str,

@@ -24,7 +24,7 @@ type Request = (String, Vec<u8>);
 
 /// What the in-process OTLP/HTTP receiver got.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<Request>>>);
+pub(crate) struct Received(Arc<Mutex<Vec<Request>>>);
 
 impl Received {
     fn bodies(&self, path: &str) -> Vec<Vec<u8>> {
@@ -36,7 +36,7 @@ impl Received {
             .map(|(_, b)| b.clone())
             .collect()
     }
-    fn all_bytes(&self) -> Vec<u8> {
+    pub(crate) fn all_bytes(&self) -> Vec<u8> {
         self.0
             .lock()
             .unwrap()
@@ -48,7 +48,7 @@ impl Received {
 
 /// An OTLP/HTTP receiver (what a collector's `otlp` receiver does on 4318), answering 200 to every
 /// POST and keeping the bodies.
-async fn otlp_receiver() -> (SocketAddr, Received) {
+pub(crate) async fn otlp_receiver() -> (SocketAddr, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Received::default();
@@ -139,7 +139,7 @@ impl DcProxy {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -147,7 +147,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn get(url: &str) -> (u16, String) {
+pub(crate) async fn get(url: &str) -> (u16, String) {
     match reqwest::get(url).await {
         Ok(r) => {
             let status = r.status().as_u16();

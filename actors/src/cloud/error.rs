@@ -14,8 +14,10 @@ pub enum CloudError {
     BadOrgId { org_id: String },
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
-    #[error("{url}: TLS certificate not trusted: {detail}; fix: set ca_file to the CA that issued the server's certificate")]
+    #[error("{url}: TLS certificate not trusted: {detail}; fix: set ca_file in [jumpcloud] to the CA that issued the server's certificate (or remove it to trust the public roots)")]
     Tls { url: String, detail: String },
+    #[error("{url}: TLS certificate name mismatch: the server's certificate does not name the host in base_url ({detail}); fix: use a base_url whose host the certificate lists in its subjectAltName")]
+    TlsName { url: String, detail: String },
     #[error("{url}: cannot connect: {detail}")]
     Unreachable { url: String, detail: String },
     #[error("{url}: no answer in time")]
@@ -59,6 +61,7 @@ impl Classified for CloudError {
             | CloudError::BadOrgId { .. }
             | CloudError::Client(_)
             | CloudError::Tls { .. }
+            | CloudError::TlsName { .. }
             | CloudError::Unauthenticated { .. }
             | CloudError::Forbidden { .. } => Disposition::Fatal,
             // An answer that cannot be read says nothing about the operation: it may have been
@@ -85,6 +88,12 @@ impl CloudError {
             };
         }
         let chain = error_chain(&e);
+        if chain.contains("NotValidForName") || chain.contains("not valid for name") {
+            return CloudError::TlsName {
+                url: url.to_owned(),
+                detail: chain,
+            };
+        }
         if chain.contains("certificate")
             || chain.contains("InvalidCertificate")
             || chain.contains("UnknownIssuer")

@@ -17,6 +17,21 @@ pub enum DirectoryError {
     },
     #[error("{url}: TLS certificate not trusted: {detail}; fix: set ca_file to the CA that issued the DC's certificate, and make sure the certificate names the host in the URL (subjectAltName)")]
     Tls { url: String, detail: String },
+    #[error("{url}: TLS certificate name mismatch: the DC's certificate does not name {host:?} ({detail}); fix: put a name the certificate lists in its subjectAltName (e.g. the DC's DNS name) in the URL, or reissue the certificate with {host:?} in its subjectAltName")]
+    TlsName {
+        url: String,
+        host: String,
+        detail: String,
+    },
+    /// `ldap://` is only ever used with StartTLS; a DC that refuses or drops it is never sent a bind.
+    #[error("{url}: StartTLS is required on ldap:// URLs and {detail}; nothing was sent in clear (no bind); fix: enable TLS on the DC (install a certificate for LDAP), or use ldaps://host:636")]
+    StartTls {
+        url: String,
+        detail: String,
+        /// The DC answered the StartTLS request with an error (a configuration problem), rather
+        /// than dropping the connection.
+        refused: bool,
+    },
     #[error("{url}: bind as {dn} rejected: {reason}")]
     BindRejected {
         url: String,
@@ -52,7 +67,11 @@ impl Classified for DirectoryError {
             DirectoryError::Unreachable { .. }
             | DirectoryError::Timeout { .. }
             | DirectoryError::ConnectionLost { .. } => Disposition::FailOver,
-            DirectoryError::Tls { .. } | DirectoryError::BindRejected { .. } => Disposition::Fatal,
+            DirectoryError::Tls { .. }
+            | DirectoryError::TlsName { .. }
+            | DirectoryError::BindRejected { .. } => Disposition::Fatal,
+            DirectoryError::StartTls { refused: true, .. } => Disposition::Fatal,
+            DirectoryError::StartTls { refused: false, .. } => Disposition::FailOver,
             DirectoryError::Refused {
                 rc,
                 operation,
@@ -121,21 +140,31 @@ impl DirectoryError {
         matches!(self, DirectoryError::Refused { rc: 19 | 53, text, .. } if is_password_policy_text(text))
     }
 
-    pub(super) fn from_connect(url: &str, e: LdapError) -> Self {
+    /// A failed connect (TCP, StartTLS, TLS handshake). `host` is the name the certificate must
+    /// carry; `starttls` tells whether a StartTLS exchange preceded the handshake.
+    pub(super) fn from_connect(url: &str, host: &str, starttls: bool, e: LdapError) -> Self {
+        let tls = |tls: &rustls::Error| DirectoryError::from_tls(url, host, tls);
+        let dropped = |detail: String| DirectoryError::StartTls {
+            url: url.to_owned(),
+            detail: format!("the DC did not complete StartTLS: {detail}"),
+            refused: false,
+        };
         match e {
+            // The TCP connection was already open: the DC did not answer StartTLS (ldap3 also waits
+            // here when the DC closes the connection instead of answering).
+            LdapError::Timeout { .. } if starttls => dropped(
+                "no answer to the StartTLS request, or no TLS handshake after it, in time".into(),
+            ),
             LdapError::Timeout { .. } => DirectoryError::Timeout {
                 url: url.to_owned(),
-                operation: "connect and TLS handshake",
+                operation: "TLS handshake",
             },
             LdapError::Io { source } => {
-                if let Some(tls) = source
+                if let Some(t) = source
                     .get_ref()
                     .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 {
-                    return DirectoryError::Tls {
-                        url: url.to_owned(),
-                        detail: tls.to_string(),
-                    };
+                    return tls(t);
                 }
                 match source.kind() {
                     std::io::ErrorKind::TimedOut => DirectoryError::Timeout {
@@ -146,27 +175,68 @@ impl DirectoryError {
                         url: url.to_owned(),
                         detail: source.to_string(),
                     },
+                    std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                        if starttls =>
+                    {
+                        dropped(format!("the connection was closed ({source})"))
+                    }
                     _ => DirectoryError::Unreachable {
                         url: url.to_owned(),
                         detail: source.to_string(),
                     },
                 }
             }
-            LdapError::Rustls { source } => DirectoryError::Tls {
-                url: url.to_owned(),
-                detail: source.to_string(),
-            },
+            LdapError::Rustls { source } => tls(&source),
             LdapError::DNSName { source } => DirectoryError::BadUrl {
                 url: url.to_owned(),
                 reason: source.to_string(),
             },
+            LdapError::LdapResult { result } if starttls => DirectoryError::StartTls {
+                url: url.to_owned(),
+                detail: format!(
+                    "the DC refused StartTLS with LDAP result {} ({}): {}",
+                    result.rc,
+                    result_name(result.rc),
+                    result.text.trim_end_matches('\0').trim()
+                ),
+                refused: true,
+            },
             LdapError::LdapResult { result } => {
-                // A StartTLS refusal arrives as an LDAP result.
-                DirectoryError::from_result(url, "StartTLS", "", result.rc, &result.text)
+                DirectoryError::from_result(url, "connect", "", result.rc, &result.text)
+            }
+            e @ (LdapError::EndOfStream
+            | LdapError::OpSend { .. }
+            | LdapError::ResultRecv { .. }
+            | LdapError::MiscSend { .. })
+                if starttls =>
+            {
+                dropped(format!("the connection was closed ({e})"))
             }
             other => DirectoryError::Unreachable {
                 url: url.to_owned(),
                 detail: other.to_string(),
+            },
+        }
+    }
+
+    /// A TLS failure: a certificate that does not name the host is told apart from one that is not
+    /// trusted, because the fixes differ.
+    fn from_tls(url: &str, host: &str, e: &rustls::Error) -> Self {
+        use rustls::CertificateError as C;
+        match e {
+            rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            ) => DirectoryError::TlsName {
+                url: url.to_owned(),
+                host: host.to_owned(),
+                detail: e.to_string(),
+            },
+            _ => DirectoryError::Tls {
+                url: url.to_owned(),
+                detail: e.to_string(),
             },
         }
     }
@@ -324,6 +394,75 @@ mod tests {
             "AcceptSecurityContext error, data 533, v893",
         );
         assert!(disabled.to_string().contains("disabled"), "{disabled}");
+    }
+
+    #[test]
+    fn connect_failures_say_which_tls_problem_and_its_fix() {
+        use ldap3::result::LdapResult;
+        let refused = DirectoryError::from_connect(
+            "ldap://dc",
+            "dc",
+            true,
+            LdapError::LdapResult {
+                result: LdapResult {
+                    rc: 52,
+                    matched: String::new(),
+                    text: "no TLS\0".into(),
+                    refs: vec![],
+                    ctrls: vec![],
+                },
+            },
+        );
+        assert!(matches!(
+            refused,
+            DirectoryError::StartTls { refused: true, .. }
+        ));
+        assert_eq!(refused.disposition(), Disposition::Fatal);
+        let text = refused.to_string();
+        assert!(
+            text.contains("StartTLS is required")
+                && text.contains("unavailable")
+                && text.contains("nothing was sent in clear")
+                && text.contains("fix:"),
+            "{text}"
+        );
+        let dropped = DirectoryError::from_connect("ldap://dc", "dc", true, LdapError::EndOfStream);
+        assert!(matches!(
+            dropped,
+            DirectoryError::StartTls { refused: false, .. }
+        ));
+        assert_eq!(dropped.disposition(), Disposition::FailOver);
+        // Over LDAPS an end of stream is not a StartTLS problem.
+        assert!(!matches!(
+            DirectoryError::from_connect("ldaps://dc", "dc", false, LdapError::EndOfStream),
+            DirectoryError::StartTls { .. }
+        ));
+
+        let name = DirectoryError::from_connect(
+            "ldaps://10.0.0.1",
+            "10.0.0.1",
+            false,
+            LdapError::Rustls {
+                source: rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                ),
+            },
+        );
+        assert!(matches!(name, DirectoryError::TlsName { .. }), "{name}");
+        assert!(
+            name.to_string().contains("\"10.0.0.1\"")
+                && name.to_string().contains("subjectAltName")
+        );
+        let issuer = DirectoryError::from_connect(
+            "ldaps://dc",
+            "dc",
+            false,
+            LdapError::Rustls {
+                source: rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            },
+        );
+        assert!(matches!(issuer, DirectoryError::Tls { .. }), "{issuer}");
+        assert!(issuer.to_string().contains("set ca_file"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod entry;
 mod error;
 pub mod failover;
 pub mod read;
+pub mod rights;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -142,10 +143,35 @@ impl DcSession {
         tls: Arc<ClientConfig>,
         timeouts: Timeouts,
     ) -> Result<Self, DirectoryError> {
+        // The TCP connection is opened here, so that a later failure or hang is known to be the
+        // DC's answer to StartTLS (or the TLS handshake), never an unreachable host.
+        let addr = (endpoint.host.as_str(), endpoint.port);
+        let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(source)) => {
+                return Err(DirectoryError::Unreachable {
+                    url: endpoint.url.clone(),
+                    detail: source.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(DirectoryError::Timeout {
+                    url: endpoint.url.clone(),
+                    operation: "TCP connect",
+                })
+            }
+        };
+        let tcp = tcp
+            .into_std()
+            .map_err(|source| DirectoryError::Unreachable {
+                url: endpoint.url.clone(),
+                detail: source.to_string(),
+            })?;
         let settings = LdapConnSettings::new()
             .set_conn_timeout(timeouts.connect)
             .set_config(tls)
-            .set_starttls(endpoint.starttls);
+            .set_starttls(endpoint.starttls)
+            .set_std_stream(ldap3::StdStream::Tcp(tcp));
         // ldap3 wants the scheme it understands; the host is used for SNI and certificate matching.
         let url = format!(
             "{}://{}:{}",
@@ -155,7 +181,9 @@ impl DcSession {
         );
         let (conn, ldap) = LdapConnAsync::with_settings(settings, &url)
             .await
-            .map_err(|e| DirectoryError::from_connect(&endpoint.url, e))?;
+            .map_err(|e| {
+                DirectoryError::from_connect(&endpoint.url, &endpoint.host, endpoint.starttls, e)
+            })?;
         let url_for_log = endpoint.url.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.drive().await {

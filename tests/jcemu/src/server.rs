@@ -176,6 +176,18 @@ impl Emulator {
             .state_document(self.shared.clock.now_ms())
     }
 
+    /// The channel credentials (agent secret, payload key) issued to every registered agent, for
+    /// tests that check they never leak; never served over HTTP.
+    pub fn channel_credentials(&self) -> Vec<(String, [u8; 32])> {
+        self.shared
+            .store
+            .read()
+            .agents
+            .values()
+            .filter_map(|a| Some((a.secret.clone()?, a.payload_key?)))
+            .collect()
+    }
+
     /// Spec violations recorded so far (as in `GET /__emulator/violations`).
     pub fn violations(&self) -> Value {
         serde_json::to_value(self.shared.violations.lock().clone()).unwrap_or(Value::Null)
