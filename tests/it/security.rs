@@ -804,7 +804,7 @@ async fn check_names_each_right_an_ordinary_account_lacks_with_the_grant() {
             "deletions visible",
             "CN=Deleted Objects",
             "LCRP",
-            "(A;;LCRPRC;;;S-1-5-21-",
+            "(A;CI;LCRPRC;;;S-1-5-21-",
         ],
     );
     // Writes into the target OU (two-way writes JumpCloud's objects there).
