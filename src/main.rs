@@ -1,5 +1,9 @@
 //! The `forestsync` command line.
 
+// Issue #8 ("never panics"): outside tests, no `unwrap()` and no `panic!`. A failure that cannot
+// happen is an `expect("<why it cannot fail>")`; one that can is an error with a disposition.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::panic))]
+
 use forestsync::{capture, check, config, register, telemetry, EXIT_CONFIG};
 
 use std::path::PathBuf;
