@@ -162,7 +162,9 @@ pub fn run(args: CaptureArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let on_timeout = Arc::new(AtomicU8::new(EXIT_REJECT));
     {
         let on_timeout = on_timeout.clone();
-        std::thread::spawn(move || {
+        // `thread::spawn` panics (exit 101) when the system is out of threads; the hook's exit codes
+        // are 0 and 1 only, and without the watchdog the 2 s budget cannot be kept: reject now.
+        let watchdog = std::thread::Builder::new().spawn(move || {
             std::thread::sleep(BUDGET.saturating_sub(started.elapsed()));
             let code = on_timeout.load(Ordering::SeqCst);
             say(format_args!(
@@ -176,6 +178,13 @@ pub fn run(args: CaptureArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
             ));
             std::process::exit(code.into());
         });
+        if let Err(e) = watchdog {
+            say(format_args!(
+                "cannot start the {} ms watchdog ({e}): rejecting",
+                BUDGET.as_millis()
+            ));
+            return ExitCode::from(EXIT_REJECT);
+        }
     }
 
     let account = Account::from_env();

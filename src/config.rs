@@ -869,7 +869,14 @@ impl Config {
 /// values and an example). One line.
 fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let message = e.message().trim().replace('\n', " ");
-    let start = e.span().map(|s| s.start.min(text.len()));
+    // On a character boundary, so the slices below cannot panic whatever span the parser reports.
+    let start = e.span().map(|s| {
+        let mut at = s.start.min(text.len());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    });
     // The table the error is in (the last header at or before the error's line) and the key on it.
     let (mut section, mut key, mut line_no) = (String::new(), None::<String>, None);
     if let Some(start) = start {
@@ -1130,6 +1137,21 @@ fn resolve_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syntax_errors_next_to_multibyte_characters_are_reported_not_panicked() {
+        for text in [
+            "mode = \"é",
+            "é = 1",
+            "mode = éé",
+            "[jumpcloud]\napi_key = 1é",
+            "[é\n",
+            "mode = \"ad-authoritative\"\n[[domain]]\nname = \"ü\" ü",
+        ] {
+            let r = Config::parse(Path::new("/etc/forestsync.toml"), text);
+            assert!(r.is_err(), "{text:?}");
+        }
+    }
 
     const GOOD: &str = r#"
 mode = "ad-authoritative"

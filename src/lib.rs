@@ -1,6 +1,10 @@
 //! The forestsync program: configuration, the subcommands, telemetry set-up, wiring of the engine
 //! (`forestsync-actors`). The binary in `main.rs` is only argument parsing on top of this.
 
+// Issue #8 ("never panics"): outside tests, no `unwrap()` and no `panic!`. A failure that cannot
+// happen is an `expect("<why it cannot fail>")`; one that can is an error with a disposition.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::panic))]
+
 pub mod admin;
 pub mod capture;
 pub mod check;

@@ -1,5 +1,9 @@
 //! The `forestsync` command line.
 
+// Issue #8 ("never panics"): outside tests, no `unwrap()` and no `panic!`. A failure that cannot
+// happen is an `expect("<why it cannot fail>")`; one that can is an error with a disposition.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::panic))]
+
 use forestsync::{capture, check, config, register, telemetry, EXIT_CONFIG};
 
 use std::path::PathBuf;
@@ -105,8 +109,29 @@ fn main() -> ExitCode {
         Command::CapturePassword(args) => capture::run(args, &runtime),
         Command::Register(args) => register::run(args, &runtime),
         Command::ConfigReference => {
-            print!("{}", forestsync::config_reference::render());
-            ExitCode::SUCCESS
+            if out(format_args!("{}", forestsync::config_reference::render())) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// `print!` without its panic when standard output is a pipe whose reader has gone
+/// (`forestsync config-reference | head`) or a full disk: the error goes to stderr and the caller
+/// gets `false` (exit 1 where the output is the command's result).
+fn out(args: std::fmt::Arguments<'_>) -> bool {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "forestsync: cannot write to standard output: {e}"
+            );
+            false
         }
     }
 }
@@ -115,18 +140,18 @@ async fn check_command(arg: ConfigArg) -> ExitCode {
     let config = match config::Config::load(&arg.config) {
         Ok(c) => c,
         Err(e) => {
-            println!("FAIL  config     {}", e);
+            out(format_args!("FAIL  config     {e}\n"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     let report = check::run(&config).await;
-    print!("{}", report.render());
+    out(format_args!("{}", report.render()));
     let failed = report.failed();
     if failed == 0 {
-        println!("all {} checks passed", report.lines.len());
+        out(format_args!("all {} checks passed\n", report.lines.len()));
         ExitCode::SUCCESS
     } else {
-        println!("{failed} check(s) failed");
+        out(format_args!("{failed} check(s) failed\n"));
         ExitCode::from(1)
     }
 }
@@ -204,10 +229,8 @@ fn note_source(source: &forestsync::admin::Source) {
 
 fn print_json<T: serde::Serialize>(value: &T) -> ExitCode {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }
+        Ok(text) if out(format_args!("{text}\n")) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
         Err(e) => {
             eprintln!("forestsync: cannot encode the report: {e}");
             ExitCode::from(1)
@@ -244,17 +267,17 @@ fn seal_command(arg: ConfigArg) -> ExitCode {
         return ExitCode::from(1);
     }
     if fields.is_empty() {
-        println!(
-            "nothing to seal in {}: no plaintext secret",
+        out(format_args!(
+            "nothing to seal in {}: no plaintext secret\n",
             before.path.display()
-        );
+        ));
     } else {
-        println!(
-            "sealed {} in {} (key {})",
+        out(format_args!(
+            "sealed {} in {} (key {})\n",
             fields.join(", "),
             before.path.display(),
             before.seal_key_file.display()
-        );
+        ));
     }
     ExitCode::SUCCESS
 }
@@ -271,7 +294,20 @@ fn run_command(arg: ConfigArg) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let system = actix::System::new();
+    // `System::new()` panics when the runtime cannot be created (no file descriptor left for epoll,
+    // say); the same runtime built here fails with a message instead.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("forestsync: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let system = actix::System::with_tokio_rt(move || runtime);
     let result = system.block_on(async {
         forestsync::seal::seal_on_start(&config);
         if let Some(addr) = config.telemetry.listen {
@@ -325,12 +361,16 @@ async fn plan_command(arg: ConfigArg, json: bool) -> ExitCode {
     };
     match forestsync::dry_run::run(&config).await {
         Ok(r) => {
-            if json {
-                println!("{}", forestsync::dry_run::render_json(&r));
+            let written = if json {
+                out(format_args!("{}\n", forestsync::dry_run::render_json(&r)))
             } else {
-                print!("{}", forestsync::dry_run::render_table(&r));
+                out(format_args!("{}", forestsync::dry_run::render_table(&r)))
+            };
+            if written {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
-            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("forestsync plan: {e}");

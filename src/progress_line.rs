@@ -29,7 +29,8 @@ pub fn render(p: &Progress, domains: usize, elapsed: Duration, rate: f64) -> Str
     } else if rate > 0.0 {
         format!(
             ", ETA {}",
-            duration(Duration::from_secs_f64(left as f64 / rate))
+            // Saturating: `from_secs_f64` panics on an ETA beyond `Duration::MAX` (a tiny rate).
+            duration(Duration::try_from_secs_f64(left as f64 / rate).unwrap_or(Duration::MAX))
         )
     } else {
         ", ETA unknown".into()
@@ -86,7 +87,7 @@ pub fn spawn(domains: usize) {
             }
             let rate = match (samples.front(), samples.back()) {
                 (Some((t0, w0)), Some((t1, w1))) if t1 > t0 => {
-                    (w1 - w0) as f64 / t1.duration_since(*t0).as_secs_f64()
+                    w1.saturating_sub(*w0) as f64 / t1.duration_since(*t0).as_secs_f64()
                 }
                 _ => 0.0,
             };
@@ -112,6 +113,18 @@ pub fn spawn(domains: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tiny_rate_gives_a_long_eta_not_a_panic() {
+        let p = Progress {
+            read: 1,
+            full_reads: 1,
+            planned: u64::MAX,
+            written: 0,
+        };
+        let line = render(&p, 1, Duration::from_secs(1), 1e-300);
+        assert!(line.contains("ETA "), "{line}");
+    }
 
     #[test]
     fn the_line_shows_counts_rate_and_time_left() {

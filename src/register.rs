@@ -71,7 +71,9 @@ pub fn run(args: RegisterArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
     .and_then(|key| runtime.block_on(register(&args, &key)));
     match result {
         Ok(line) => {
-            println!("{line}");
+            // Registered either way: a closed stdout is not worth a panic (`println!` panics).
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "{line}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -111,7 +111,7 @@ pub fn seal_file(path: &Path, key_file: &Path) -> Result<Vec<String>, SealFileEr
     let mut out = text.clone();
     let mut fields = Vec::with_capacity(found.len());
     for p in found {
-        let sealed = key.seal(&p.purpose, p.value.as_bytes());
+        let sealed = key.seal(&p.purpose, p.value.as_bytes())?;
         // A basic string: the sealed value is `fs1:` and hex digits, nothing to escape.
         out.replace_range(p.span, &format!("\"{sealed}\""));
         fields.push(p.field);

@@ -92,9 +92,9 @@ impl DcActor {
         Box::pin(async move {
             let mut guard = session.lock().await;
             if guard.is_none() {
-                if let Ok(mut cached) = invocation.lock() {
-                    *cached = None;
-                }
+                // A lock poisoned by a panic elsewhere still holds a usable value: clear it anyway
+                // (skipping would keep a stale invocationId across the reconnect).
+                *invocation.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 let mut s = DcSession::connect(&endpoint, tls, timeouts).await?;
                 s.bind(&dn, &pw).await?;
                 *guard = Some(s);
@@ -148,14 +148,12 @@ impl Handler<Probe> for DcActor {
         self.with_session(self.timeouts.operation, move |s, _| {
             Box::pin(async move {
                 let dse = s.root_dse().await?;
-                let cached = known.lock().map(|g| g.clone()).unwrap_or(None);
+                let cached = known.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 let invocation_id = match (cached, &dse.ds_service_name) {
                     (Some(id), _) => Some(id),
                     (None, Some(dsa)) => {
                         let id = read::invocation_id(s, dsa).await?;
-                        if let Ok(mut g) = known.lock() {
-                            *g = Some(id.clone());
-                        }
+                        *known.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
                         Some(id)
                     }
                     (None, None) => None,

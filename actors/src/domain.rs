@@ -125,6 +125,12 @@ async fn poll_loop(
     known: BTreeMap<String, DcUsn>,
     timing: DomainTiming,
 ) {
+    // Config validation refuses an empty `dcs`; without this a domain built another way would panic
+    // on `dcs[current]` below.
+    if dcs.is_empty() {
+        tracing::error!(domain, "the domain has no DC configured; it is not read");
+        return;
+    }
     let mut current = 0usize;
     // Per DC URL: the invocationId last seen (from the store at start). A different one means the DC
     // was restored or rebuilt: its USNs start over, so the domain is read in full (a reconcile, not a skip).

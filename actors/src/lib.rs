@@ -15,6 +15,10 @@
 //! - [`metrics`]: the engine's OpenTelemetry instruments (no-ops until the binary installs a provider).
 //! - [`password`]: password capture (hook rules, socket, encrypted spool) and commit confirmation.
 
+// Issue #8 ("never panics"): outside tests, no `unwrap()` and no `panic!`. A failure that cannot
+// happen is an `expect("<why it cannot fail>")`; one that can is an error with a disposition.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::panic))]
+
 pub mod api;
 pub mod change_trace;
 pub mod channel;

@@ -164,13 +164,13 @@ impl SealKey {
 
     /// Seals `plaintext` for `purpose`: `fs1:` ‖ hex(nonce ‖ ciphertext ‖ tag).
     ///
-    /// Panics only if the operating system cannot provide random bytes for the nonce (a nonce must
-    /// never be reused, and there is no safe fallback).
-    pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> String {
+    /// Fails (`Random`, fatal) only if the operating system cannot provide random bytes for the
+    /// nonce (a nonce must never be reused, and there is no safe fallback).
+    pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<String, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
-        if SystemRandom::new().fill(&mut nonce).is_err() {
-            panic!("the operating system gave no random bytes for a nonce");
-        }
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| SealError::Random)?;
         let mut buf = Zeroizing::new(Vec::with_capacity(plaintext.len() + TAG_LEN));
         buf.extend_from_slice(plaintext);
         let tag = match self.ring_key().seal_in_place_separate_tag(
@@ -179,7 +179,9 @@ impl SealKey {
             &mut buf[..],
         ) {
             Ok(tag) => tag,
-            // ring refuses only inputs beyond ChaCha20's 256 GiB limit.
+            // infallible: ring refuses only inputs beyond ChaCha20's 256 GiB limit, and what is
+            // sealed here is a config secret or a credentials file.
+            #[allow(clippy::panic)]
             Err(_) => panic!("value too large to seal"),
         };
         let mut out =
@@ -188,7 +190,7 @@ impl SealKey {
         hex_encode_into(&nonce, &mut out);
         hex_encode_into(&buf, &mut out);
         hex_encode_into(tag.as_ref(), &mut out);
-        out
+        Ok(out)
     }
 
     /// Opens a value [`SealKey::seal`] produced for `purpose`.
@@ -410,7 +412,7 @@ mod tests {
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
         assert_eq!(fs::metadata(&path).unwrap().len(), KEY_LEN as u64);
-        let sealed = key.seal("p", b"value");
+        let sealed = key.seal("p", b"value").unwrap();
         let again = SealKey::load_or_create(&path).unwrap();
         assert_eq!(&again.unseal("p", &sealed).unwrap()[..], b"value");
         let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
@@ -464,7 +466,7 @@ mod tests {
             })
             .collect();
         let keys: Vec<SealKey> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let sealed = keys[0].seal("x", b"same key?");
+        let sealed = keys[0].seal("x", b"same key?").unwrap();
         for k in &keys {
             assert_eq!(&k.unseal("x", &sealed).unwrap()[..], b"same key?");
         }
@@ -475,15 +477,18 @@ mod tests {
     fn seal_round_trips_and_hides_the_plaintext() {
         let key = SealKey::generate().unwrap();
         let secret = b"Api-Key-0123456789";
-        let a = key.seal("jumpcloud.api_key", secret);
-        let b = key.seal("jumpcloud.api_key", secret);
+        let a = key.seal("jumpcloud.api_key", secret).unwrap();
+        let b = key.seal("jumpcloud.api_key", secret).unwrap();
         assert!(a.starts_with("fs1:"));
         assert_ne!(a, b, "random nonces");
         assert!(!a.contains("Api-Key"));
         assert!(!a.contains(&hex_encode(secret)));
         assert_eq!(a.len(), 4 + 2 * (NONCE_LEN + secret.len() + TAG_LEN), "{a}");
         assert_eq!(&key.unseal("jumpcloud.api_key", &a).unwrap()[..], secret);
-        assert_eq!(&key.unseal("", &key.seal("", b"")).unwrap()[..], b"");
+        assert_eq!(
+            &key.unseal("", &key.seal("", b"").unwrap()).unwrap()[..],
+            b""
+        );
         assert!(is_sealed(&a) && !is_sealed("plain"));
     }
 
@@ -491,7 +496,7 @@ mod tests {
     fn wrong_key_purpose_tampering_and_bad_format_are_errors_naming_the_purpose() {
         let key = SealKey::generate().unwrap();
         let other = SealKey::generate().unwrap();
-        let sealed = key.seal("domain[0].bind_password", b"s3cret-Pw");
+        let sealed = key.seal("domain[0].bind_password", b"s3cret-Pw").unwrap();
 
         let err = other
             .unseal("domain[0].bind_password", &sealed)

@@ -192,7 +192,12 @@ impl AgentCredentials {
             fix: "report this bug".into(),
         })?;
         drop(doc);
-        let mut text = key.seal(&credentials_purpose(path), &json);
+        let mut text = key
+            .seal(&credentials_purpose(path), &json)
+            .map_err(|source| ChannelError::Seal {
+                path: path.into(),
+                source,
+            })?;
         text.push('\n');
         sealed::write_private_atomic(path, text.as_bytes()).map_err(|e| match e {
             sealed::SealError::Io {
@@ -756,7 +761,9 @@ mod tests {
         std::fs::write(&path, "garbage").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(AgentCredentials::load(&path, &key).is_err());
-        let doc = key.seal(&credentials_purpose(&path), br#"{"v":1}"#);
+        let doc = key
+            .seal(&credentials_purpose(&path), br#"{"v":1}"#)
+            .unwrap();
         std::fs::write(&path, doc).unwrap();
         let err = AgentCredentials::load(&path, &key).unwrap_err();
         assert!(matches!(err, ChannelError::CredentialsFile { .. }), "{err}");

@@ -192,9 +192,9 @@ impl DomainDirectory {
             return;
         }
         {
-            let Ok(mut last) = inner.last_probe.lock() else {
-                return;
-            };
+            // Poisoned (a panic elsewhere): the Instant is still valid; returning here would stop
+            // failing back for good.
+            let mut last = inner.last_probe.lock().unwrap_or_else(|p| p.into_inner());
             if last.elapsed() < FAILBACK_EVERY {
                 return;
             }

@@ -732,25 +732,38 @@ pub(super) fn absorb_member_window(
             *members = values;
             Ok(RangeStep::Done)
         }
-        RangeOption::Range { low: got, high } if got == low => match high {
-            None => {
-                members.extend(values);
-                Ok(RangeStep::Done)
+        RangeOption::Range { low: got, high } if got == low => {
+            match high.map(|high| window_next(got, high, count)) {
+                None => {
+                    members.extend(values);
+                    Ok(RangeStep::Done)
+                }
+                Some(Some(next)) => {
+                    members.extend(values);
+                    Ok(RangeStep::Next(next))
+                }
+                Some(None) => Err(malformed(
+                    session,
+                    format!("{group_dn}: window {desc:?} carries {count} values"),
+                )),
             }
-            Some(high) if count == high - got + 1 => {
-                members.extend(values);
-                Ok(RangeStep::Next(high + 1))
-            }
-            Some(_) => Err(malformed(
-                session,
-                format!("{group_dn}: window {desc:?} carries {count} values"),
-            )),
-        },
+        }
         _ => Err(malformed(
             session,
             format!("{group_dn}: asked for member;range={low}-…, got {desc:?}"),
         )),
     }
+}
+
+/// The index after the window `got-high` when it holds exactly `count` values; `None` otherwise,
+/// including a window the server sent backwards (`member;range=5-3`) or ending at `u64::MAX` (the
+/// unchecked `high - got + 1` used to panic on those).
+fn window_next(got: u64, high: u64, count: u64) -> Option<u64> {
+    if high < got {
+        return None;
+    }
+    let next = high.checked_add(1)?;
+    (next.checked_sub(got)? == count).then_some(next)
 }
 
 /// Continues a ranged member read at value index `low`, `members` holding the values before it.
@@ -1259,6 +1272,17 @@ mod tests {
             Some(Slot::Deleted(g)) if *g == ObjectGuid::from_bytes(&guid(104)).unwrap()
         ));
         eprintln!("LDAP entries tried: {total}");
+    }
+
+    #[test]
+    fn member_windows_from_the_server_are_checked_without_overflow() {
+        assert_eq!(window_next(0, 999, 1000), Some(1000));
+        assert_eq!(window_next(1000, 1499, 500), Some(1500));
+        assert_eq!(window_next(0, 999, 999), None);
+        assert_eq!(window_next(5, 3, 0), None);
+        assert_eq!(window_next(6, 5, 0), None);
+        assert_eq!(window_next(0, u64::MAX, 0), None);
+        assert_eq!(window_next(1, u64::MAX, 5), None);
     }
 
     #[test]

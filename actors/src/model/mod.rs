@@ -87,6 +87,8 @@ impl AdObject {
     }
 
     pub fn is_security_group(&self) -> bool {
+        // groupType is a 32-bit signed value; AD may also show it unsigned (2147483650): the truncating
+        // cast reads both the same way, bit 31 being "security group".
         self.int("grouptype").is_some_and(|t| (t as i32) < 0)
     }
 
@@ -320,9 +322,27 @@ mod hex_bytes {
         if text.len() % 2 != 0 {
             return Err(serde::de::Error::custom("odd-length hex"));
         }
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(serde::de::Error::custom))
-            .collect()
+        // Byte-wise: slicing the text two bytes at a time panicked inside a multi-byte character.
+        crate::sealed::hex_decode(&text).ok_or_else(|| serde::de::Error::custom("not hexadecimal"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watermark_cookie_that_is_not_hex_is_an_error_not_a_panic() {
+        let ok: Watermark =
+            serde_json::from_str(r#"{"dirsync_cookie":"0aFf","dc_usns":{}}"#).unwrap();
+        assert_eq!(ok.dirsync_cookie, vec![0x0a, 0xff]);
+        // "a" + "é" (two bytes) + "a": an even number of bytes, a character across the pairs.
+        for cookie in ["aéa", "éé", "+a", "zz", "abc"] {
+            let text = format!(r#"{{"dirsync_cookie":"{cookie}","dc_usns":{{}}}}"#);
+            assert!(
+                serde_json::from_str::<Watermark>(&text).is_err(),
+                "{cookie}"
+            );
+        }
     }
 }

@@ -214,13 +214,23 @@ fn truncate_to_millis(t: SystemTime) -> SystemTime {
 /// `t` as a `pwdLastSet` FILETIME value (for tests and callers that fake AD).
 pub fn system_time_to_filetime(t: SystemTime) -> i64 {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    FILETIME_UNIX_EPOCH + (since.as_nanos() / 100) as i64
+    // Saturating: a time past FILETIME's range (year 30828) overflowed.
+    i64::try_from(since.as_nanos() / 100)
+        .unwrap_or(i64::MAX)
+        .saturating_add(FILETIME_UNIX_EPOCH)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::secret::Secret;
+
+    #[test]
+    fn a_time_past_filetime_range_saturates_instead_of_overflowing() {
+        let far = UNIX_EPOCH + Duration::from_secs(1 << 60);
+        assert_eq!(system_time_to_filetime(far), i64::MAX);
+        assert_eq!(system_time_to_filetime(UNIX_EPOCH), FILETIME_UNIX_EPOCH);
+    }
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)

@@ -50,6 +50,7 @@ impl std::fmt::Debug for CaptureKey {
 
 impl CaptureKey {
     fn from_bytes(bytes: &[u8]) -> Self {
+        // infallible: every caller passes a KEY_LEN (32) byte buffer (`load` checks the file's size).
         let unbound =
             UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("a 32-byte ChaCha20-Poly1305 key");
         CaptureKey {

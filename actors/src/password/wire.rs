@@ -104,6 +104,8 @@ pub fn encode_message(msg: &CapturedPassword) -> Zeroizing<Vec<u8>> {
 /// The message as one socket frame: 4-byte big-endian length, then the JSON.
 pub fn encode_frame(msg: &CapturedPassword) -> Zeroizing<Vec<u8>> {
     let mut buf = encode_json(msg, 4, 0);
+    // infallible: the fields are a hook's password (8 KiB at most) and names from its argv/env,
+    // far below 4 GiB (the reader refuses frames over MAX_FRAME anyway).
     let len = (buf.len() - 4) as u32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     buf
