@@ -307,9 +307,11 @@ impl ToAdEngine {
                     failures = failures.saturating_add(1);
                     let pause = match e.disposition() {
                         Disposition::Fatal => Duration::from_secs(30),
-                        Disposition::Throttled { retry_after } => {
-                            retry_after.unwrap_or(Duration::from_secs(5))
-                        }
+                        // A server's Retry-After is honoured up to 5 minutes (as the executor does):
+                        // a huge or hostile value must not stall the direction until a restart.
+                        Disposition::Throttled { retry_after } => retry_after
+                            .unwrap_or(Duration::from_secs(5))
+                            .min(Duration::from_secs(300)),
                         _ => Duration::from_millis(250 * u64::from(failures.min(20))),
                     };
                     tracing::warn!(domain = %domain, error = %e, retry_in_ms = pause.as_millis() as u64, "JumpCloud → AD sync step failed; the page will be applied again");
