@@ -553,7 +553,12 @@ impl HookConfig {
             path: path.into(),
             source,
         })?;
-        let shape: HookFileShape = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        Self::parse(path, &text)
+    }
+
+    /// [`HookConfig::load`] of `text` as if read from `path` (relative paths resolve against its directory).
+    pub fn parse(path: &Path, text: &str) -> Result<HookConfig, ConfigError> {
+        let shape: HookFileShape = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.into(),
             message: e.to_string(),
         })?;

@@ -197,9 +197,9 @@ pub fn parse_attr_desc(desc: &str) -> (String, RangeOption) {
 
 /// One search result entry, decoded without trusting the server: DN and (description, values).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct RawEntry {
-    pub(super) dn: String,
-    pub(super) attrs: Vec<(String, Vec<Vec<u8>>)>,
+pub struct RawEntry {
+    pub dn: String,
+    pub attrs: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 impl RawEntry {
@@ -216,8 +216,9 @@ impl RawEntry {
     }
 }
 
-/// Decodes a SearchResultEntry (`[APPLICATION 4] SEQUENCE { objectName, attributes }`).
-fn decode_entry(tag: StructureTag) -> Result<RawEntry, &'static str> {
+/// Decodes a SearchResultEntry (`[APPLICATION 4] SEQUENCE { objectName, attributes }`) as the DC sent
+/// it; an error (never a panic) for anything else. Public for the fuzz targets (tests/fuzz).
+pub fn decode_entry(tag: StructureTag) -> Result<RawEntry, &'static str> {
     if tag.id != 4 {
         return Err("not a search result entry");
     }
