@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ldap3::asn1::{StructureTag, PL};
 use ldap3::controls::{Control, RawControl};
-use ldap3::Scope;
+use ldap3::{Scope, SearchEntry};
 
 use super::dirsync::{DirSyncRequest, DirSyncResponse, INCREMENTAL_VALUES};
 use super::{DcSession, DirectoryError};
@@ -261,6 +261,30 @@ pub fn decode_entry(tag: StructureTag) -> Result<RawEntry, &'static str> {
         attrs.push((desc, values));
     }
     Ok(RawEntry { dn, attrs })
+}
+
+/// An entry filed as ldap3's `SearchEntry::construct` files it (an attribute with a value that is not
+/// UTF-8 goes to `bin_attrs` with all its values, the others to `attrs`), but decoded with
+/// [`decode_entry`]: malformed BER from the DC is an error here, where `construct` panics.
+pub fn search_entry(tag: StructureTag) -> Result<SearchEntry, &'static str> {
+    let raw = decode_entry(tag)?;
+    let mut attrs: HashMap<String, Vec<String>> = HashMap::new();
+    let mut bin_attrs: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    for (desc, values) in raw.attrs {
+        let texts = values
+            .iter()
+            .map(|v| std::str::from_utf8(v).map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>();
+        match texts {
+            Ok(texts) => attrs.entry(desc).or_default().extend(texts),
+            Err(_) => bin_attrs.entry(desc).or_default().extend(values),
+        }
+    }
+    Ok(SearchEntry {
+        dn: raw.dn,
+        attrs,
+        bin_attrs,
+    })
 }
 
 /// A search with the session's operation timeout and optional controls, entries decoded from the raw
@@ -1075,6 +1099,72 @@ mod tests {
             ],
         );
         assert!(parse_entry(decode_entry(computer).unwrap(), &requested()).is_none());
+    }
+
+    #[test]
+    fn search_entries_are_filed_like_ldap3_but_malformed_ones_do_not_panic() {
+        let guid = vec![0xff, 0x00, 0xfe, 0x01];
+        let good = wire_entry(
+            "CN=x,DC=alpha,DC=test",
+            &[
+                ("cn", vec![b"x".to_vec()]),
+                ("objectGUID", vec![guid.clone()]),
+            ],
+        );
+        let ours = search_entry(good.clone()).unwrap();
+        let theirs = SearchEntry::construct(ldap3::ResultEntry::new(good));
+        assert_eq!(
+            (&ours.dn, &ours.attrs, &ours.bin_attrs),
+            (&theirs.dn, &theirs.attrs, &theirs.bin_attrs)
+        );
+        assert_eq!(ours.bin_attrs["objectGUID"], vec![guid]);
+
+        // Found by the ber_controls fuzz target: an attribute whose value set is an empty primitive
+        // (ldap3: "values"), a DN that is not UTF-8 (ldap3: "dn"). DcSession::search, the DirSync probe
+        // and the Deleted Objects check used SearchEntry::construct and panicked on either.
+        let octets = |b: &[u8]| StructureTag {
+            class: TagClass::Universal,
+            id: 4,
+            payload: PL::P(b.to_vec()),
+        };
+        let empty_primitive_values = StructureTag {
+            class: TagClass::Application,
+            id: 4,
+            payload: PL::C(vec![
+                octets(b"CN=x"),
+                StructureTag {
+                    class: TagClass::Universal,
+                    id: 16,
+                    payload: PL::C(vec![StructureTag {
+                        class: TagClass::Universal,
+                        id: 16,
+                        payload: PL::C(vec![
+                            octets(b"cn"),
+                            StructureTag {
+                                class: TagClass::Universal,
+                                id: 17,
+                                payload: PL::P(vec![]),
+                            },
+                        ]),
+                    }]),
+                },
+            ]),
+        };
+        let bad_dn = StructureTag {
+            class: TagClass::Application,
+            id: 4,
+            payload: PL::C(vec![octets(&[0xff, 0xfe]), octets(&[])]),
+        };
+        for (tag, decodes) in [(empty_primitive_values, true), (bad_dn, false)] {
+            let copy = tag.clone();
+            let ldap3 =
+                std::panic::catch_unwind(|| SearchEntry::construct(ldap3::ResultEntry::new(copy)));
+            assert!(
+                ldap3.is_err(),
+                "ldap3's SearchEntry::construct no longer panics here"
+            );
+            assert_eq!(search_entry(tag).is_ok(), decodes);
+        }
     }
 
     #[test]

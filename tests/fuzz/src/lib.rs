@@ -5,8 +5,8 @@
 //! - [`config`]: the configuration file (`Config::parse` and the capture hook's `HookConfig::parse`).
 //! - [`dn_and_filter`]: LDAP filter and RDN escaping, DN parents and normalisation, attribute
 //!   descriptions with `range=`, SIDs, GUIDs, the ownership marker.
-//! - [`ber_controls`]: the DirSync and paged-results response controls and search result entries, as
-//!   BER from the DC.
+//! - [`ber_controls`]: the DirSync and paged-results response controls and search result entries
+//!   (`decode_entry`, `search_entry`), as BER from the DC.
 //! - [`hook_and_channel`]: the capture hook's socket frame and message, the encrypted spool/in-memory
 //!   seal, sealed config values (`fs1:`), the agent channel's change pages, registration answer,
 //!   password payloads and dates, and the admin socket's request line.
@@ -28,7 +28,7 @@ use forestsync_actors::coordinator::to_ad::parent_of;
 use forestsync_actors::directory::dirsync::DIRSYNC_OID;
 use forestsync_actors::directory::entry::{paged_cookie, sid_string, PAGED_RESULTS_OID};
 use forestsync_actors::directory::read::{
-    decode_entry, parse_attr_desc, sid_rid, RangeOption, RawEntry,
+    decode_entry, parse_attr_desc, search_entry, sid_rid, RangeOption, RawEntry,
 };
 use forestsync_actors::directory::{DirSyncRequest, DirSyncResponse};
 use forestsync_actors::model::snapshot::normalize_dn;
@@ -367,8 +367,25 @@ pub fn ber_controls(data: &[u8]) {
         );
     }
 
-    // SearchResultEntry.
+    // SearchResultEntry, as the engine's reads (decode_entry) and the session's searches
+    // (search_entry, which replaced ldap3's panicking SearchEntry::construct) decode it.
     if let Ok((_, tag)) = parse_tag(data) {
+        let filed = search_entry(tag.clone());
+        assert_eq!(filed.is_ok(), decode_entry(tag.clone()).is_ok());
+        if let Ok(filed) = &filed {
+            let raw = decode_entry(tag.clone()).expect("decoded just above");
+            assert_eq!(filed.dn, raw.dn);
+            for (desc, _) in &raw.attrs {
+                assert!(
+                    filed.attrs.contains_key(desc) != filed.bin_attrs.contains_key(desc),
+                    "{desc:?} filed in neither or both maps"
+                );
+            }
+            assert!(
+                filed.bin_attrs.values().flatten().count() + filed.attrs.values().flatten().count()
+                    == raw.attrs.iter().map(|(_, v)| v.len()).sum::<usize>()
+            );
+        }
         if let Ok(entry) = decode_entry(tag) {
             for (desc, values) in &entry.attrs {
                 let _ = parse_attr_desc(desc);
