@@ -265,19 +265,37 @@ pub fn decode_entry(tag: StructureTag) -> Result<RawEntry, &'static str> {
 
 /// An entry filed as ldap3's `SearchEntry::construct` files it (an attribute with a value that is not
 /// UTF-8 goes to `bin_attrs` with all its values, the others to `attrs`), but decoded with
-/// [`decode_entry`]: malformed BER from the DC is an error here, where `construct` panics.
+/// [`decode_entry`]: malformed BER from the DC is an error here, where `construct` panics. An
+/// attribute the DC lists twice is merged first, so it is filed in one map only (`construct` may
+/// file it in both).
 pub fn search_entry(tag: StructureTag) -> Result<SearchEntry, &'static str> {
     let raw = decode_entry(tag)?;
+    let mut merged: Vec<(String, Vec<Vec<u8>>)> = Vec::with_capacity(raw.attrs.len());
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (desc, values) in raw.attrs {
+        match index.get(&desc) {
+            Some(&i) => merged[i].1.extend(values),
+            None => {
+                index.insert(desc.clone(), merged.len());
+                merged.push((desc, values));
+            }
+        }
+    }
     let mut attrs: HashMap<String, Vec<String>> = HashMap::new();
     let mut bin_attrs: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
-    for (desc, values) in raw.attrs {
+    for (desc, values) in merged {
         let texts = values
             .iter()
             .map(|v| std::str::from_utf8(v).map(str::to_owned))
             .collect::<Result<Vec<_>, _>>();
+        // Descriptions are unique after the merge: each lands in one map, once.
         match texts {
-            Ok(texts) => attrs.entry(desc).or_default().extend(texts),
-            Err(_) => bin_attrs.entry(desc).or_default().extend(values),
+            Ok(texts) => {
+                attrs.insert(desc, texts);
+            }
+            Err(_) => {
+                bin_attrs.insert(desc, values);
+            }
         }
     }
     Ok(SearchEntry {
@@ -1117,7 +1135,23 @@ mod tests {
             (&ours.dn, &ours.attrs, &ours.bin_attrs),
             (&theirs.dn, &theirs.attrs, &theirs.bin_attrs)
         );
-        assert_eq!(ours.bin_attrs["objectGUID"], vec![guid]);
+        assert_eq!(ours.bin_attrs["objectGUID"], vec![guid.clone()]);
+
+        // Found by the ber_controls fuzz target: an attribute listed twice, once with a binary value,
+        // was filed in both maps; merged, it is binary with both values.
+        let twice = wire_entry(
+            "CN=x,DC=alpha,DC=test",
+            &[
+                ("pwdLastSet", vec![guid.clone()]),
+                ("pwdLastSet", vec![b"0".to_vec()]),
+                ("cn", vec![b"x".to_vec()]),
+                ("cn", vec![b"y".to_vec()]),
+            ],
+        );
+        let merged = search_entry(twice).unwrap();
+        assert_eq!(merged.bin_attrs["pwdLastSet"], vec![guid, b"0".to_vec()]);
+        assert!(!merged.attrs.contains_key("pwdLastSet"));
+        assert_eq!(merged.attrs["cn"], vec!["x", "y"]);
 
         // Found by the ber_controls fuzz target: an attribute whose value set is an empty primitive
         // (ldap3: "values"), a DN that is not UTF-8 (ldap3: "dn"). DcSession::search, the DirSync probe
