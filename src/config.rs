@@ -564,8 +564,13 @@ impl HookConfig {
             path: path.into(),
             source,
         })?;
+        Self::parse(path, &text)
+    }
+
+    /// [`HookConfig::load`] of `text` as if read from `path` (relative paths resolve against its directory).
+    pub fn parse(path: &Path, text: &str) -> Result<HookConfig, ConfigError> {
         let shape: HookFileShape =
-            toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
+            toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let relative = |p: PathBuf| if p.is_relative() { base_dir.join(p) } else { p };
         let state_dir = shape

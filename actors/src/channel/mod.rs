@@ -34,8 +34,8 @@ use zeroize::{Zeroize, Zeroizing};
 
 pub use error::{ChannelError, NEW_CONNECT_KEY_FIX};
 pub use wire::{
-    parse_rfc3339_ms, ChangePage, ChannelEvent, EventKind, EventOp, Report, ReportCode, ReportKind,
-    Role,
+    parse_change_page, parse_registration, parse_rfc3339_ms, ChangePage, ChannelEvent, EventKind,
+    EventOp, RegistrationWire, Report, ReportCode, ReportKind, Role,
 };
 
 use crate::sealed::{self, SealKey};

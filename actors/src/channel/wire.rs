@@ -252,8 +252,8 @@ fn malformed(what: &str, detail: impl Into<String>) -> ChannelError {
     }
 }
 
-/// Parses a `GET /changes` body.
-pub(super) fn parse_change_page(body: &[u8]) -> Result<ChangePage, ChannelError> {
+/// Parses a `GET /changes` body (public for the fuzz targets in tests/fuzz).
+pub fn parse_change_page(body: &[u8]) -> Result<ChangePage, ChannelError> {
     const WHAT: &str = "change page";
     let wire: PageWire =
         serde_json::from_slice(body).map_err(|e| malformed(WHAT, e.to_string()))?;
@@ -299,7 +299,7 @@ pub(super) fn parse_change_page(body: &[u8]) -> Result<ChangePage, ChannelError>
 
 /// What `POST /register` answered. Secrets are extracted field by field so no parser message can
 /// quote them.
-pub(super) struct RegistrationWire {
+pub struct RegistrationWire {
     pub agent_id: String,
     pub activedirectory_id: String,
     pub domain: String,
@@ -308,7 +308,8 @@ pub(super) struct RegistrationWire {
     pub primary: bool,
 }
 
-pub(super) fn parse_registration(body: &[u8]) -> Result<RegistrationWire, ChannelError> {
+/// Parses a `POST /register` answer (public for the fuzz targets in tests/fuzz).
+pub fn parse_registration(body: &[u8]) -> Result<RegistrationWire, ChannelError> {
     const WHAT: &str = "registration answer";
     let mut v: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| malformed(WHAT, "the body is not JSON"))?;

@@ -1882,8 +1882,8 @@ fn attr_change((k, v): &(String, Option<String>)) -> AttrChange {
     }
 }
 
-/// The parent DN (everything after the first unescaped comma).
-fn parent_of(dn: &str) -> &str {
+/// The parent DN (everything after the first unescaped comma). Public for the fuzz targets (tests/fuzz).
+pub fn parent_of(dn: &str) -> &str {
     let bytes = dn.as_bytes();
     let mut i = 0;
     while i < bytes.len() {

@@ -301,11 +301,7 @@ impl DcSession {
                 &res.text,
             ));
         }
-        Ok(entries
-            .into_iter()
-            .filter(|e| !is_reference(e))
-            .map(SearchEntry::construct)
-            .collect())
+        Ok(decode_entries(&self.endpoint.url, what, entries))
     }
 
     /// Runs one DirSync round (no more-data loop here; the caller decides).
@@ -338,11 +334,7 @@ impl DcSession {
             .iter()
             .find_map(|c| DirSyncResponse::from_control(&c.1));
         Ok((
-            entries
-                .into_iter()
-                .filter(|e| !is_reference(e))
-                .map(SearchEntry::construct)
-                .collect(),
+            decode_entries(&self.endpoint.url, "DirSync search", entries),
             response,
         ))
     }
@@ -376,14 +368,13 @@ impl DcSession {
             })?;
         match result.1.rc {
             // Without Read Property the entry may still be listed, but with no attributes.
-            0 => Ok(result
-                .0
-                .into_iter()
-                .filter(|e| !is_reference(e))
-                .map(SearchEntry::construct)
-                .any(|e| {
-                    e.attrs.contains_key("objectGUID") || e.bin_attrs.contains_key("objectGUID")
-                })),
+            0 => Ok(
+                decode_entries(&self.endpoint.url, "Deleted Objects read", result.0)
+                    .into_iter()
+                    .any(|e| {
+                        e.attrs.contains_key("objectGUID") || e.bin_attrs.contains_key("objectGUID")
+                    }),
+            ),
             32 | 50 => Ok(false),
             rc => Err(DirectoryError::from_result(
                 &self.endpoint.url,
@@ -473,6 +464,27 @@ impl DcSession {
     pub async fn unbind(mut self) {
         let _ = self.ldap.unbind().await;
     }
+}
+
+/// The search result entries of an answer, continuation references skipped. Decoded with
+/// [`read::search_entry`], not ldap3's `SearchEntry::construct`, which panics on malformed BER: an
+/// entry that does not decode is logged and skipped.
+fn decode_entries(
+    url: &str,
+    what: &'static str,
+    entries: Vec<ldap3::ResultEntry>,
+) -> Vec<SearchEntry> {
+    entries
+        .into_iter()
+        .filter(|e| !is_reference(e))
+        .filter_map(|e| match read::search_entry(e.0) {
+            Ok(entry) => Some(entry),
+            Err(why) => {
+                tracing::warn!(dc = %url, operation = what, reason = why, "undecodable search entry skipped");
+                None
+            }
+        })
+        .collect()
 }
 
 fn is_reference(entry: &ldap3::ResultEntry) -> bool {

@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ldap3::asn1::{StructureTag, PL};
 use ldap3::controls::{Control, RawControl};
-use ldap3::Scope;
+use ldap3::{Scope, SearchEntry};
 
 use super::dirsync::{DirSyncRequest, DirSyncResponse, INCREMENTAL_VALUES};
 use super::{DcSession, DirectoryError};
@@ -212,9 +212,9 @@ pub fn parse_attr_desc(desc: &str) -> (String, RangeOption) {
 
 /// One search result entry, decoded without trusting the server: DN and (description, values).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct RawEntry {
-    pub(super) dn: String,
-    pub(super) attrs: Vec<(String, Vec<Vec<u8>>)>,
+pub struct RawEntry {
+    pub dn: String,
+    pub attrs: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 impl RawEntry {
@@ -231,8 +231,9 @@ impl RawEntry {
     }
 }
 
-/// Decodes a SearchResultEntry (`[APPLICATION 4] SEQUENCE { objectName, attributes }`).
-fn decode_entry(tag: StructureTag) -> Result<RawEntry, &'static str> {
+/// Decodes a SearchResultEntry (`[APPLICATION 4] SEQUENCE { objectName, attributes }`) as the DC sent
+/// it; an error (never a panic) for anything else. Public for the fuzz targets (tests/fuzz).
+pub fn decode_entry(tag: StructureTag) -> Result<RawEntry, &'static str> {
     if tag.id != 4 {
         return Err("not a search result entry");
     }
@@ -275,6 +276,48 @@ fn decode_entry(tag: StructureTag) -> Result<RawEntry, &'static str> {
         attrs.push((desc, values));
     }
     Ok(RawEntry { dn, attrs })
+}
+
+/// An entry filed as ldap3's `SearchEntry::construct` files it (an attribute with a value that is not
+/// UTF-8 goes to `bin_attrs` with all its values, the others to `attrs`), but decoded with
+/// [`decode_entry`]: malformed BER from the DC is an error here, where `construct` panics. An
+/// attribute the DC lists twice is merged first, so it is filed in one map only (`construct` may
+/// file it in both).
+pub fn search_entry(tag: StructureTag) -> Result<SearchEntry, &'static str> {
+    let raw = decode_entry(tag)?;
+    let mut merged: Vec<(String, Vec<Vec<u8>>)> = Vec::with_capacity(raw.attrs.len());
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (desc, values) in raw.attrs {
+        match index.get(&desc) {
+            Some(&i) => merged[i].1.extend(values),
+            None => {
+                index.insert(desc.clone(), merged.len());
+                merged.push((desc, values));
+            }
+        }
+    }
+    let mut attrs: HashMap<String, Vec<String>> = HashMap::new();
+    let mut bin_attrs: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    for (desc, values) in merged {
+        let texts = values
+            .iter()
+            .map(|v| std::str::from_utf8(v).map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>();
+        // Descriptions are unique after the merge: each lands in one map, once.
+        match texts {
+            Ok(texts) => {
+                attrs.insert(desc, texts);
+            }
+            Err(_) => {
+                bin_attrs.insert(desc, values);
+            }
+        }
+    }
+    Ok(SearchEntry {
+        dn: raw.dn,
+        attrs,
+        bin_attrs,
+    })
 }
 
 /// A search with the session's operation timeout and optional controls, entries decoded from the raw
@@ -1283,6 +1326,88 @@ mod tests {
         assert_eq!(window_next(6, 5, 0), None);
         assert_eq!(window_next(0, u64::MAX, 0), None);
         assert_eq!(window_next(1, u64::MAX, 5), None);
+    }
+
+    #[test]
+    fn search_entries_are_filed_like_ldap3_but_malformed_ones_do_not_panic() {
+        let guid = vec![0xff, 0x00, 0xfe, 0x01];
+        let good = wire_entry(
+            "CN=x,DC=alpha,DC=test",
+            &[
+                ("cn", vec![b"x".to_vec()]),
+                ("objectGUID", vec![guid.clone()]),
+            ],
+        );
+        let ours = search_entry(good.clone()).unwrap();
+        let theirs = SearchEntry::construct(ldap3::ResultEntry::new(good));
+        assert_eq!(
+            (&ours.dn, &ours.attrs, &ours.bin_attrs),
+            (&theirs.dn, &theirs.attrs, &theirs.bin_attrs)
+        );
+        assert_eq!(ours.bin_attrs["objectGUID"], vec![guid.clone()]);
+
+        // Found by the ber_controls fuzz target: an attribute listed twice, once with a binary value,
+        // was filed in both maps; merged, it is binary with both values.
+        let twice = wire_entry(
+            "CN=x,DC=alpha,DC=test",
+            &[
+                ("pwdLastSet", vec![guid.clone()]),
+                ("pwdLastSet", vec![b"0".to_vec()]),
+                ("cn", vec![b"x".to_vec()]),
+                ("cn", vec![b"y".to_vec()]),
+            ],
+        );
+        let merged = search_entry(twice).unwrap();
+        assert_eq!(merged.bin_attrs["pwdLastSet"], vec![guid, b"0".to_vec()]);
+        assert!(!merged.attrs.contains_key("pwdLastSet"));
+        assert_eq!(merged.attrs["cn"], vec!["x", "y"]);
+
+        // Found by the ber_controls fuzz target: an attribute whose value set is an empty primitive
+        // (ldap3: "values"), a DN that is not UTF-8 (ldap3: "dn"). DcSession::search, the DirSync probe
+        // and the Deleted Objects check used SearchEntry::construct and panicked on either.
+        let octets = |b: &[u8]| StructureTag {
+            class: TagClass::Universal,
+            id: 4,
+            payload: PL::P(b.to_vec()),
+        };
+        let empty_primitive_values = StructureTag {
+            class: TagClass::Application,
+            id: 4,
+            payload: PL::C(vec![
+                octets(b"CN=x"),
+                StructureTag {
+                    class: TagClass::Universal,
+                    id: 16,
+                    payload: PL::C(vec![StructureTag {
+                        class: TagClass::Universal,
+                        id: 16,
+                        payload: PL::C(vec![
+                            octets(b"cn"),
+                            StructureTag {
+                                class: TagClass::Universal,
+                                id: 17,
+                                payload: PL::P(vec![]),
+                            },
+                        ]),
+                    }]),
+                },
+            ]),
+        };
+        let bad_dn = StructureTag {
+            class: TagClass::Application,
+            id: 4,
+            payload: PL::C(vec![octets(&[0xff, 0xfe]), octets(&[])]),
+        };
+        for (tag, decodes) in [(empty_primitive_values, true), (bad_dn, false)] {
+            let copy = tag.clone();
+            let ldap3 =
+                std::panic::catch_unwind(|| SearchEntry::construct(ldap3::ResultEntry::new(copy)));
+            assert!(
+                ldap3.is_err(),
+                "ldap3's SearchEntry::construct no longer panics here"
+            );
+            assert_eq!(search_entry(tag).is_ok(), decodes);
+        }
     }
 
     #[test]

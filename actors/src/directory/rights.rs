@@ -152,13 +152,15 @@ fn guid_to_string(b: &[u8]) -> String {
 /// The DACL of a self-relative security descriptor (empty when it has none).
 pub fn parse_dacl(sd: &[u8]) -> Result<Vec<Ace>, String> {
     let u32_at = |at: usize| -> Result<u32, String> {
-        sd.get(at..at + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        sd.get(at..at.saturating_add(4))
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
             .ok_or_else(|| format!("security descriptor truncated at {at}"))
     };
     let u16_at = |at: usize| -> Result<u16, String> {
-        sd.get(at..at + 2)
-            .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+        sd.get(at..at.saturating_add(2))
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_le_bytes)
             .ok_or_else(|| format!("security descriptor truncated at {at}"))
     };
     let dacl = u32_at(16)? as usize;
