@@ -68,13 +68,7 @@ async fn env(config: jcemu::Config) -> Env {
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, emu.ca_pem().unwrap()).unwrap();
     let tls = trust::client_config(Some(&ca)).unwrap();
-    let admin = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(emu.ca_pem().unwrap().as_bytes()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let admin = crate::support::emulator_http(&emu);
     let store = Store::open(&dir.join("state")).unwrap();
     Env {
         emu,

@@ -314,20 +314,12 @@ async fn disruptive_a_429_storm_and_502s_still_deliver_everything_exactly_once()
     );
     // Let the storm hit, then lift the rate limit (the emulator's window is a fixed minute).
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let client = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(emu.ca_pem().unwrap().as_bytes()).unwrap(),
-        )
-        .build()
-        .unwrap();
-    let r = client
-        .put(format!("{}/__emulator/faults", emu.base_url()))
-        .json(&serde_json::json!({"rate_limit_per_minute": null}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
+    crate::faults::set_faults(
+        &crate::support::emulator_http(&emu),
+        &emu,
+        &serde_json::json!({"rate_limit_per_minute": null}),
+    )
+    .await;
     // Worst case: a Retry-After of up to 60 s from the emulator's fixed one-minute window, then 30 %
     // 502/503 with backoff capped at 60 s per attempt. The test is about delivery, not speed.
     wait_for(

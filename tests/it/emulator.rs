@@ -44,13 +44,7 @@ fn client(emu: &jcemu::Emulator, tls: Arc<rustls::ClientConfig>, key: &str) -> C
 #[tokio::test]
 async fn the_key_probe_counts_the_organisations_users() {
     let (emu, tls) = start(jcemu::Config::default()).await;
-    let http = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(emu.ca_pem().unwrap().as_bytes()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let http = crate::support::emulator_http(&emu);
     for n in 0..3 {
         let r = http
             .post(format!("{}/api/systemusers", emu.base_url()))

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use crate::disruptive::{lab_cmd, signal_dc, Dc1Back};
 use crate::import_mode::{emulator, scratch, Agent, Corner};
 use crate::support::{self, attr, unique};
+use crate::telemetry::{free_port, wait_status};
 
 /// The agent's budget in this suite; the emulator's request log must never show more in any minute.
 const BUDGET: u64 = 600;
@@ -98,7 +99,7 @@ fn fault_profile(i: u64) -> (&'static str, Value) {
 }
 const PROFILES: u64 = 7;
 
-async fn set_faults(client: &reqwest::Client, emu: &jcemu::Emulator, faults: &Value) {
+pub async fn set_faults(client: &reqwest::Client, emu: &jcemu::Emulator, faults: &Value) {
     let r = client
         .put(format!("{}/__emulator/faults", emu.base_url()))
         .json(faults)
@@ -497,13 +498,7 @@ async fn disruptive_faults_agent_killed_at_random_points_under_api_and_dc_faults
         ..Default::default()
     })
     .await;
-    let client = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(emu.ca_pem().unwrap().as_bytes()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let client = crate::support::emulator_http(&emu);
     let text = Agent::config_text(lab, &emu, &dir, &[("alpha", &lab.alpha, &c.root)], "");
     let fixed = "rate_limit_per_minute = 60000\nburst = 200\n";
     assert!(text.contains(fixed), "the test's config template changed");
@@ -688,23 +683,6 @@ impl Drop for Mounted {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
-}
-
-async fn readyz(port: u16) -> (u16, String) {
-    match reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            (status, r.text().await.unwrap_or_default())
-        }
-        Err(e) => (0, e.to_string()),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_stops_the_agent_advancing_and_it_resumes_without_loss_when_space_returns() {
     let Some(lab) = support::lab() else { return };
@@ -769,23 +747,9 @@ async fn a_full_disk_stops_the_agent_advancing_and_it_resumes_without_loss_when_
     c.add_member(&root, &late).await;
 
     // The agent says so, and advances nothing.
-    let started = Instant::now();
-    let body = loop {
-        let (status, body) = readyz(port).await;
-        if status == 503 && body.contains("state store") {
-            break body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "/readyz did not report the full store within 30 s: {status} {body}\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(
-        body.contains("No space left") || body.contains("space"),
-        "{body}"
-    );
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let body = wait_status(&readyz, 503, "state store", Duration::from_secs(30), &agent).await;
+    assert!(body.contains("No space left"), "{body}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = emu.state();
     assert_eq!(
@@ -813,15 +777,7 @@ async fn a_full_disk_stops_the_agent_advancing_and_it_resumes_without_loss_when_
         },
     )
     .await;
-    let started = Instant::now();
-    while readyz(port).await.0 != 200 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "/readyz stayed not ready after space returned: {:?}",
-            readyz(port).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_status(&readyz, 200, "", Duration::from_secs(30), &agent).await;
     // A restart finds a sound store: no re-import, no duplicate.
     agent.kill();
     agent.spawn();
@@ -890,13 +846,7 @@ async fn wall_clock_jumps_forward_and_back_break_neither_delivery_nor_backoff() 
         mine(s) == 3
     })
     .await;
-    let client = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(emu.ca_pem().unwrap().as_bytes()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let client = crate::support::emulator_http(&emu);
     let mut errors = fault_profile(0).1;
     errors["error_rate"] = json!(0.5);
     set_faults(&client, &emu, &errors).await;

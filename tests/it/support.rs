@@ -128,6 +128,17 @@ pub async fn admin_session(lab: &Lab, domain: &LabDomain, url: &str) -> DcSessio
     bound_session(lab, url, &domain.admin_dn, &lab.admin_password).await
 }
 
+/// An HTTPS client that trusts only the emulator's CA (its admin API, `/__emulator/…`).
+pub fn emulator_http(emu: &jcemu::Emulator) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(emu.ca_pem().unwrap().as_bytes()).unwrap();
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .build()
+        .unwrap()
+}
+
 /// A name no other test (or earlier run) uses: tests share the lab DCs and isolate by data.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

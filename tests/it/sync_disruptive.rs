@@ -48,16 +48,6 @@ fn config(lab: &Lab, emu: &jcemu::Emulator, dir: &Path, ad: &str, ou: &str) -> S
     sync_config(lab, emu, dir, &lab.alpha, ad, ou, "")
 }
 
-fn http(emu: &jcemu::Emulator) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(emu.ca_pem().unwrap().as_bytes()).unwrap();
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .build()
-        .unwrap()
-}
-
 /// Reads the organisation's event log through the agent channel, as the primary agent of an AD
 /// instance of its own (its cursor is not the agents' cursor): the seqs of the password events.
 struct Observer {
@@ -72,7 +62,7 @@ impl Observer {
     async fn new(emu: &jcemu::Emulator, jc: &JcAdmin) -> Observer {
         let ad = jc.ad_instance("DC=observer,DC=test").await;
         let key = jc.connect_key(&ad).await;
-        let http = http(emu);
+        let http = crate::support::emulator_http(emu);
         let base = format!("{}/__agent-channel/v1", emu.base_url());
         let r = http
             .post(format!("{base}/register"))

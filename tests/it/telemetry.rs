@@ -158,7 +158,7 @@ pub(crate) async fn get(url: &str) -> (u16, String) {
 }
 
 /// Polls `url` until its status is `want` (and the body contains `needle`), or fails.
-async fn wait_status(
+pub(crate) async fn wait_status(
     url: &str,
     want: u16,
     needle: &str,
@@ -537,13 +537,7 @@ async fn readiness_follows_the_dcs_and_the_api_key() {
     wait_status(&readyz, 200, "ready", Duration::from_secs(30), &agent).await;
 
     // The API key is revoked: the next API call is refused and readiness says why.
-    let admin = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(emu.ca_pem().unwrap().as_bytes()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let admin = crate::support::emulator_http(&emu);
     let set_keys = |keys: serde_json::Value| {
         let (admin, url) = (
             admin.clone(),
